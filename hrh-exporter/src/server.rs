@@ -1,0 +1,235 @@
+//! The TCP side: accepts connections, answers OP_REQ_DEVLIST and
+//! OP_REQ_IMPORT, and runs the URB phase of an imported device.
+//!
+//! Each connection is its own task; a client that misbehaves loses its
+//! connection with one log line and everyone else carries on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use usbip_proto::{op_status, CmdMessage, OpReply, OpRequest, ProtoError, RetMessage};
+
+use crate::device::{DeviceEvent, UsbDevice};
+use crate::registry::{ImportError, Registry};
+use crate::session::{Action, Session, SessionError};
+
+/// How long a new connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Receive buffer size; grows for larger URBs.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtoError),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("no request within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed in the middle of a message ({0} bytes pending)")]
+    Truncated(usize),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the device was unplugged")]
+    DeviceGone,
+}
+
+/// Serves `registry` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, registry: Registry) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, don't spin.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(stream, peer, registry).await {
+                warn!(%peer, "closing connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    registry: Registry,
+) -> Result<(), ConnectionError> {
+    // URB replies are small and latency-bound; never wait for Nagle.
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let request = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_message(&mut stream, &mut buf, OpRequest::decode),
+    )
+    .await
+    .map_err(|_| ConnectionError::Timeout(REQUEST_TIMEOUT))??;
+    let Some(request) = request else {
+        return Ok(());
+    };
+    let mut out = BytesMut::new();
+    match request {
+        OpRequest::DevList => {
+            let devices = registry
+                .exportable()
+                .into_iter()
+                .map(|d| (d.info, d.interfaces))
+                .collect();
+            OpReply::DevList {
+                status: op_status::OK,
+                devices,
+            }
+            .encode(&mut out)?;
+            stream.write_all(&out).await?;
+            Ok(())
+        }
+        OpRequest::Import { busid } => match registry.claim(&busid, peer) {
+            Err(e) => {
+                warn!(%peer, "import of {busid} refused: {e}");
+                let status = match e {
+                    ImportError::NoSuchDevice(_) => op_status::NODEV,
+                    ImportError::Busy { .. } => op_status::DEV_BUSY,
+                };
+                OpReply::Import {
+                    status,
+                    device: None,
+                }
+                .encode(&mut out)?;
+                stream.write_all(&out).await?;
+                Ok(())
+            }
+            Ok(claim) => {
+                let identity = claim.device().identity();
+                OpReply::Import {
+                    status: op_status::OK,
+                    device: Some(identity.info.clone()),
+                }
+                .encode(&mut out)?;
+                stream.write_all(&out).await?;
+                info!(%peer, "imported {busid} ({:04x}:{:04x})", identity.info.id_vendor, identity.info.id_product);
+                let result = run_urbs(stream, buf, claim.device().clone(), identity.devid()).await;
+                claim.device().detach();
+                info!(%peer, "released {busid}");
+                result
+            }
+        },
+    }
+}
+
+/// Reads until `decode` yields a message. `Ok(None)` when the peer closed
+/// cleanly between messages.
+async fn read_message<T, R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    decode: impl Fn(&mut BytesMut) -> Result<Option<T>, ProtoError>,
+) -> Result<Option<T>, ConnectionError> {
+    loop {
+        if let Some(msg) = decode(buf)? {
+            return Ok(Some(msg));
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ConnectionError::Truncated(buf.len()))
+            };
+        }
+    }
+}
+
+/// The URB phase: commands from the socket and completions from the device
+/// meet in one loop, so unlink and completion can never race.
+async fn run_urbs(
+    stream: TcpStream,
+    mut buf: BytesMut,
+    device: Arc<dyn UsbDevice>,
+    devid: u32,
+) -> Result<(), ConnectionError> {
+    let (mut rd, mut wr) = stream.into_split();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    device.attach(events_tx);
+
+    // Commands are decoded on their own task so a large OUT transfer
+    // arriving slowly never holds back completions of other URBs.
+    let (cmd_tx, mut commands) = mpsc::channel::<Result<CmdMessage, ConnectionError>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let msg = read_message(&mut rd, &mut buf, CmdMessage::decode).await;
+            let done = !matches!(msg, Ok(Some(_)));
+            let item = match msg {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            if cmd_tx.send(item).await.is_err() || done {
+                break;
+            }
+        }
+    });
+    let _abort_reader = AbortOnDrop(reader);
+
+    let mut session = Session::new(devid);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Ok(msg)) => {
+                    for action in session.on_command(msg)? {
+                        match action {
+                            Action::Submit(urb) => device.submit(urb),
+                            Action::Cancel(seqnum) => device.cancel(seqnum),
+                            Action::Reply(reply) => reply.encode(&mut out)?,
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+            event = events.recv() => {
+                let mut next = event;
+                // Batch whatever else has completed into the same write.
+                while let Some(event) = next {
+                    match event {
+                        DeviceEvent::Completed(r) => encode_all(session.on_completion(r), &mut out)?,
+                        DeviceEvent::Gone => return Err(ConnectionError::DeviceGone),
+                    }
+                    next = if out.len() < READ_CHUNK { events.try_recv().ok() } else { None };
+                }
+            }
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+    }
+}
+
+fn encode_all(replies: Vec<RetMessage>, out: &mut BytesMut) -> Result<(), ProtoError> {
+    for reply in replies {
+        reply.encode(out)?;
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

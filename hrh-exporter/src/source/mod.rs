@@ -1,0 +1,3 @@
+//! Where exported devices come from.
+
+pub mod simulated;

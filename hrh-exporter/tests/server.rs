@@ -1,0 +1,549 @@
+//! The exporter over real TCP, driven by a minimal USB/IP client built on
+//! the codec: device list, import rules, URB semantics, and bad clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hrh_exporter::registry::Registry;
+use hrh_exporter::server;
+use hrh_exporter::source::simulated::{SimKind, SimulatedDevice};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use usbip_proto::{
+    errno, op_code, op_status, CmdMessage, CmdSubmit, CmdUnlink, Direction, OpReply, OpRequest,
+    RetMessage, RetSubmit, SetupPacket, UrbHeader,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn start(kinds: &[SimKind]) -> SocketAddr {
+    let registry = Registry::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        registry.add(Arc::new(SimulatedDevice::new(kind, i as u32 + 1).unwrap()));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve(listener, registry));
+    addr
+}
+
+async fn op(addr: SocketAddr, req: OpRequest) -> (TcpStream, OpReply) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    req.encode(&mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let code = match req {
+        OpRequest::DevList => op_code::REQ_DEVLIST,
+        OpRequest::Import { .. } => op_code::REQ_IMPORT,
+    };
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(reply) = OpReply::decode(&mut buf, code).unwrap() {
+            return (s, reply);
+        }
+        let n = tokio::time::timeout(TIMEOUT, s.read_buf(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "server closed before replying");
+    }
+}
+
+/// An imported device: submits URBs and reads replies.
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    devid: u32,
+    directions: HashMap<u32, Direction>,
+    next_seqnum: u32,
+}
+
+impl Client {
+    async fn import(addr: SocketAddr, busid: &str) -> Client {
+        let (stream, reply) = op(
+            addr,
+            OpRequest::Import {
+                busid: busid.into(),
+            },
+        )
+        .await;
+        let OpReply::Import {
+            status: 0,
+            device: Some(dev),
+        } = reply
+        else {
+            panic!("import failed: {reply:?}")
+        };
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            devid: dev.busnum << 16 | dev.devnum,
+            directions: HashMap::new(),
+            next_seqnum: 1,
+        }
+    }
+
+    async fn send(&mut self, msg: CmdMessage) {
+        let mut out = BytesMut::new();
+        msg.encode(&mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn submit(
+        &mut self,
+        direction: Direction,
+        ep: u32,
+        setup: SetupPacket,
+        len: u32,
+        data: &[u8],
+    ) -> u32 {
+        let seqnum = self.next_seqnum;
+        self.next_seqnum += 1;
+        self.directions.insert(seqnum, direction);
+        self.send(CmdMessage::Submit(CmdSubmit {
+            header: UrbHeader {
+                seqnum,
+                devid: self.devid,
+                direction,
+                ep,
+            },
+            transfer_buffer_length: len,
+            setup,
+            data: Bytes::copy_from_slice(data),
+            ..CmdSubmit::default()
+        }))
+        .await;
+        seqnum
+    }
+
+    async fn unlink(&mut self, victim: u32) -> u32 {
+        let seqnum = self.next_seqnum;
+        self.next_seqnum += 1;
+        self.send(CmdMessage::Unlink(CmdUnlink {
+            header: UrbHeader {
+                seqnum,
+                devid: self.devid,
+                direction: Direction::Out,
+                ep: 0,
+            },
+            unlink_seqnum: victim,
+        }))
+        .await;
+        seqnum
+    }
+
+    async fn recv(&mut self) -> RetMessage {
+        loop {
+            let dirs = &self.directions;
+            if let Some(msg) = RetMessage::decode(&mut self.buf, |s| dirs.get(&s).copied()).unwrap()
+            {
+                return msg;
+            }
+            let n = tokio::time::timeout(TIMEOUT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("no reply in time")
+                .unwrap();
+            assert!(n > 0, "server closed the connection");
+        }
+    }
+
+    async fn recv_submit(&mut self) -> RetSubmit {
+        match self.recv().await {
+            RetMessage::Submit(r) => r,
+            other => panic!("expected RET_SUBMIT, got {other:?}"),
+        }
+    }
+
+    async fn control_in(
+        &mut self,
+        request_type: u8,
+        request: u8,
+        value: u16,
+        index: u16,
+        len: u16,
+    ) -> RetSubmit {
+        let setup = SetupPacket {
+            request_type,
+            request,
+            value,
+            index,
+            length: len,
+        };
+        self.submit(Direction::In, 0, setup, len.into(), &[]).await;
+        self.recv_submit().await
+    }
+
+    async fn control_out(
+        &mut self,
+        request_type: u8,
+        request: u8,
+        value: u16,
+        index: u16,
+    ) -> RetSubmit {
+        let setup = SetupPacket {
+            request_type,
+            request,
+            value,
+            index,
+            length: 0,
+        };
+        self.submit(Direction::Out, 0, setup, 0, &[]).await;
+        self.recv_submit().await
+    }
+
+    async fn configure(&mut self) {
+        let r = self.control_out(0x00, 0x09, 1, 0).await;
+        assert_eq!(r.status, 0);
+    }
+}
+
+async fn expect_closed(stream: &mut TcpStream) {
+    let mut scratch = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(TIMEOUT, stream.read(&mut scratch)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("server kept the connection open"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn device_list_shows_every_dongle_with_its_interfaces() {
+    let addr = start(&[SimKind::Sensor, SimKind::Loopback]).await;
+    let (_, reply) = op(addr, OpRequest::DevList).await;
+    let OpReply::DevList { status: 0, devices } = reply else {
+        panic!("{reply:?}")
+    };
+    let ids: Vec<_> = devices
+        .iter()
+        .map(|(d, i)| (d.busid.as_str(), d.id_vendor, d.id_product, i.len()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("1-1", 0x1209, 0x0001, 2), ("1-2", 0x1209, 0x0003, 1)]
+    );
+}
+
+#[tokio::test]
+async fn second_importer_is_refused_until_the_first_leaves() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let first = Client::import(addr, "1-1").await;
+    let (_, reply) = op(
+        addr,
+        OpRequest::Import {
+            busid: "1-1".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        reply,
+        OpReply::Import {
+            status: op_status::DEV_BUSY,
+            device: None
+        }
+    );
+    // An imported device is not offered to others.
+    let (_, list) = op(addr, OpRequest::DevList).await;
+    assert!(matches!(list, OpReply::DevList { devices, .. } if devices.is_empty()));
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        let (_, reply) = op(
+            addr,
+            OpRequest::Import {
+                busid: "1-1".into(),
+            },
+        )
+        .await;
+        if let OpReply::Import { status: 0, .. } = reply {
+            again = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "device never became importable again");
+}
+
+#[tokio::test]
+async fn unknown_bus_id_is_refused_with_nodev() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let (_, reply) = op(
+        addr,
+        OpRequest::Import {
+            busid: "9-9".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        reply,
+        OpReply::Import {
+            status: op_status::NODEV,
+            device: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn descriptors_and_bulk_data_flow_through_the_tunnel() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let mut c = Client::import(addr, "1-1").await;
+    let dev = c.control_in(0x80, 0x06, 0x0100, 0, 18).await;
+    assert_eq!((dev.status, dev.actual_length), (0, 18));
+    assert_eq!(&dev.data[8..12], &[0x09, 0x12, 0x03, 0x00]);
+    // Before SET_CONFIGURATION the data endpoints do not exist.
+    c.submit(Direction::In, 1, SetupPacket::default(), 64, &[])
+        .await;
+    assert_eq!(c.recv_submit().await.status, -errno::ESHUTDOWN);
+    c.configure().await;
+    c.submit(Direction::Out, 4, SetupPacket::default(), 5, b"hello")
+        .await;
+    let out = c.recv_submit().await;
+    assert_eq!((out.status, out.actual_length, out.data.len()), (0, 5, 0));
+    c.submit(Direction::In, 3, SetupPacket::default(), 512, &[])
+        .await;
+    let back = c.recv_submit().await;
+    assert_eq!(&back.data[..], b"hello");
+}
+
+#[tokio::test]
+async fn many_urbs_in_flight_complete_in_order_per_endpoint() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let mut c = Client::import(addr, "1-1").await;
+    c.configure().await;
+    let mut seqnums = Vec::new();
+    for _ in 0..32 {
+        seqnums.push(
+            c.submit(Direction::In, 1, SetupPacket::default(), 4096, &[])
+                .await,
+        );
+    }
+    let mut stream = Vec::new();
+    for want in seqnums {
+        let r = c.recv_submit().await;
+        assert_eq!(r.header.seqnum, want);
+        stream.extend_from_slice(&r.data);
+    }
+    let expected: Vec<u8> = (0..32 * 4096)
+        .map(sim_dongles::loopback::pattern_byte)
+        .collect();
+    assert!(stream == expected, "source data reordered or corrupted");
+}
+
+#[tokio::test]
+async fn unlink_of_a_waiting_urb_wins_and_suppresses_ret_submit() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let mut c = Client::import(addr, "1-1").await;
+    c.configure().await;
+    // The loop endpoint has no data, so this URB waits.
+    let victim = c
+        .submit(Direction::In, 3, SetupPacket::default(), 512, &[])
+        .await;
+    let unlink = c.unlink(victim).await;
+    match c.recv().await {
+        RetMessage::Unlink(u) => {
+            assert_eq!((u.header.seqnum, u.status), (unlink, -errno::ECONNRESET))
+        }
+        other => panic!("expected RET_UNLINK, got {other:?}"),
+    }
+    // No RET_SUBMIT for the victim follows: the next reply is for new work.
+    c.submit(Direction::Out, 4, SetupPacket::default(), 2, b"ok")
+        .await;
+    let next = c.recv_submit().await;
+    assert_ne!(next.header.seqnum, victim);
+}
+
+#[tokio::test]
+async fn unlink_of_a_completed_urb_answers_zero() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let mut c = Client::import(addr, "1-1").await;
+    c.configure().await;
+    let done = c
+        .submit(Direction::In, 1, SetupPacket::default(), 64, &[])
+        .await;
+    assert_eq!(c.recv_submit().await.header.seqnum, done);
+    let unlink = c.unlink(done).await;
+    match c.recv().await {
+        RetMessage::Unlink(u) => assert_eq!((u.header.seqnum, u.status), (unlink, 0)),
+        other => panic!("expected RET_UNLINK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stall_then_clear_halt() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let mut c = Client::import(addr, "1-1").await;
+    c.configure().await;
+    // SET_FEATURE(ENDPOINT_HALT) on EP 1 IN, then every transfer stalls.
+    assert_eq!(c.control_out(0x02, 0x03, 0, 0x81).await.status, 0);
+    c.submit(Direction::In, 1, SetupPacket::default(), 64, &[])
+        .await;
+    assert_eq!(c.recv_submit().await.status, -errno::EPIPE);
+    let st = c.control_in(0x82, 0x00, 0, 0x81, 2).await;
+    assert_eq!(&st.data[..], &[1, 0]);
+    assert_eq!(c.control_out(0x02, 0x01, 0, 0x81).await.status, 0);
+    c.submit(Direction::In, 1, SetupPacket::default(), 64, &[])
+        .await;
+    assert_eq!(c.recv_submit().await.status, 0);
+}
+
+/// Each kind of bad client loses its connection; a well-behaved client on
+/// the same exporter keeps working and the device becomes importable again.
+#[tokio::test]
+async fn bad_clients_are_cut_off_and_others_keep_working() {
+    let addr = start(&[SimKind::Loopback, SimKind::Sensor]).await;
+    let mut good = Client::import(addr, "1-2").await;
+    good.configure().await;
+
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    expect_closed(&mut garbage).await;
+
+    let mut wrong_version = TcpStream::connect(addr).await.unwrap();
+    wrong_version
+        .write_all(&[0x01, 0x06, 0x80, 0x05, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    expect_closed(&mut wrong_version).await;
+
+    let mut truncated = TcpStream::connect(addr).await.unwrap();
+    truncated.write_all(&[0x01, 0x11, 0x80]).await.unwrap();
+    truncated.shutdown().await.unwrap();
+    expect_closed(&mut truncated).await;
+
+    let bad_urbs: Vec<Box<dyn Fn(u32) -> Vec<u8>>> = vec![
+        // Unknown command 9.
+        Box::new(|_| {
+            [9u32, 1, 0, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .chain([0; 28])
+                .collect()
+        }),
+        // A 2 GiB IN transfer.
+        Box::new(|devid| {
+            let mut v: Vec<u8> = [1u32, 1, devid, 1, 1, 0, 0x7fff_ffff, 0, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect();
+            v.extend([0; 8]);
+            v
+        }),
+        // 100000 isochronous packets.
+        Box::new(|devid| {
+            let mut v: Vec<u8> = [1u32, 1, devid, 1, 1, 0, 64, 0, 100_000, 0]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect();
+            v.extend([0; 8]);
+            v
+        }),
+        // An URB for a device this connection did not import.
+        Box::new(|_| {
+            let mut v: Vec<u8> = [1u32, 1, 0x00ff_00ff, 1, 1, 0, 64, 0, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect();
+            v.extend([0; 8]);
+            v
+        }),
+    ];
+    for make in bad_urbs {
+        let mut bad = Client::import(addr, "1-1").await;
+        let bytes = make(bad.devid);
+        bad.stream.write_all(&bytes).await.unwrap();
+        expect_closed(&mut bad.stream).await;
+        // Imported again on the next round: the claim was released.
+    }
+
+    // A client that disconnects with an URB half sent.
+    let mut half = Client::import(addr, "1-1").await;
+    let mut out = BytesMut::new();
+    CmdMessage::Submit(CmdSubmit {
+        header: UrbHeader {
+            seqnum: 1,
+            devid: half.devid,
+            direction: Direction::Out,
+            ep: 2,
+        },
+        transfer_buffer_length: 4096,
+        data: Bytes::from(vec![0u8; 4096]),
+        ..CmdSubmit::default()
+    })
+    .encode(&mut out)
+    .unwrap();
+    half.stream.write_all(&out[..1000]).await.unwrap();
+    drop(half);
+
+    // The good client never noticed.
+    let st = good.control_in(0xa1, 0x21, 0, 0, 7).await;
+    assert_eq!((st.status, st.actual_length), (0, 7));
+    // And the loopback is importable again.
+    let mut ok = false;
+    for _ in 0..50 {
+        let (_, reply) = op(
+            addr,
+            OpRequest::Import {
+                busid: "1-1".into(),
+            },
+        )
+        .await;
+        if matches!(reply, OpReply::Import { status: 0, .. }) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "loopback not importable after bad clients");
+}
+
+/// URBs left waiting by a client that vanished must not outlive it: if they
+/// stayed queued in the device they would swallow the next importer's data.
+#[tokio::test]
+async fn a_vanished_clients_urbs_do_not_leak_into_the_next_import() {
+    let addr = start(&[SimKind::Loopback]).await;
+    let mut first = Client::import(addr, "1-1").await;
+    first.configure().await;
+    for _ in 0..4 {
+        first
+            .submit(Direction::In, 3, SetupPacket::default(), 512, &[])
+            .await;
+    }
+    drop(first);
+
+    let mut second = loop {
+        let (stream, reply) = op(
+            addr,
+            OpRequest::Import {
+                busid: "1-1".into(),
+            },
+        )
+        .await;
+        if let OpReply::Import {
+            status: 0,
+            device: Some(dev),
+        } = reply
+        {
+            break Client {
+                stream,
+                buf: BytesMut::new(),
+                devid: dev.busnum << 16 | dev.devnum,
+                directions: HashMap::new(),
+                next_seqnum: 1,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    second.configure().await;
+    second
+        .submit(Direction::Out, 4, SetupPacket::default(), 3, b"abc")
+        .await;
+    assert_eq!(second.recv_submit().await.status, 0);
+    second
+        .submit(Direction::In, 3, SetupPacket::default(), 512, &[])
+        .await;
+    assert_eq!(&second.recv_submit().await.data[..], b"abc");
+}
