@@ -1,0 +1,18 @@
+//! Harness for end-to-end tests that boot real Linux guests under QEMU.
+//!
+//! A guest is Debian's kernel with a busybox initramfs (built and cached by
+//! `guest-images/build-test-initramfs.sh`) plus a per-test `/test.sh`. The script runs with
+//! the stock Linux USB/IP client at hand and talks to daemons the test runs on the host, which
+//! the guest reaches at 10.0.2.2 through QEMU user networking. The script prints marker lines
+//! the test synchronises on; its exit code comes back through a final marker.
+
+pub mod assets;
+pub mod cpio;
+pub mod exporter;
+pub mod guest;
+mod util;
+
+pub use assets::{guest_assets, GuestAssets};
+pub use exporter::{workspace_binary, Exporter};
+pub use guest::{Guest, GuestConfig, HOST_ADDR};
+pub use util::{free_port, log_dir, target_dir, wait_until, workspace_root};
