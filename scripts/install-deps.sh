@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build, the demo and the tests need.
+# Idempotent and quiet when everything is there already. Needs root (or sudo).
+set -euo pipefail
+
+PACKAGES=(
+    build-essential pkg-config
+    # Guests under test: QEMU, Debian's kernel, busybox and the stock USB/IP tools.
+    qemu-system-x86 linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
