@@ -304,6 +304,9 @@ impl CmdMessage {
                 };
                 let total = URB_HEADER_LEN + data_len + packets * ISO_PACKET_LEN;
                 if src.len() < total {
+                    // Bounded by the checks above: at most MAX_TRANSFER_LEN
+                    // plus MAX_ISO_PACKETS descriptors, and only once a
+                    // whole, valid header has arrived.
                     src.reserve(total - src.len());
                     return Ok(None);
                 }
