@@ -51,6 +51,17 @@ impl Registry {
         );
     }
 
+    /// Removes the device with `busid` (it was unplugged). Its importer, if
+    /// any, learns it from the device itself.
+    pub fn remove(&self, busid: &str) -> Option<Arc<dyn UsbDevice>> {
+        self.lock().remove(busid).map(|e| e.device)
+    }
+
+    /// True when a device with `busid` is registered.
+    pub fn contains(&self, busid: &str) -> bool {
+        self.lock().contains_key(busid)
+    }
+
     /// Every device that is not imported right now, as `usbipd` lists them.
     pub fn exportable(&self) -> Vec<DeviceIdentity> {
         self.lock()
@@ -98,8 +109,79 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        // The device may have been unplugged and another one plugged in
+        // under the same bus id meanwhile: release only our own.
         if let Some(entry) = self.registry.lock().get_mut(&self.busid) {
-            entry.importer = None;
+            if Arc::ptr_eq(&entry.device, &self.device) {
+                entry.importer = None;
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::UnboundedSender;
+    use usbip_proto::DeviceInfo;
+
+    use super::*;
+    use crate::device::{DeviceEvent, Urb};
+
+    #[derive(Debug)]
+    struct Fake(&'static str);
+
+    impl UsbDevice for Fake {
+        fn identity(&self) -> DeviceIdentity {
+            DeviceIdentity {
+                info: DeviceInfo {
+                    busid: self.0.into(),
+                    ..DeviceInfo::default()
+                },
+                interfaces: Vec::new(),
+            }
+        }
+        fn attach(&self, _: UnboundedSender<DeviceEvent>) {}
+        fn submit(&self, _: Urb) {}
+        fn cancel(&self, _: u32) {}
+        fn detach(&self) {}
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn one_importer_at_a_time() {
+        let r = Registry::new();
+        r.add(Arc::new(Fake("1-1")));
+        let claim = r.claim("1-1", peer()).unwrap();
+        assert!(matches!(
+            r.claim("1-1", peer()),
+            Err(ImportError::Busy { .. })
+        ));
+        assert!(r.exportable().is_empty());
+        drop(claim);
+        assert_eq!(r.exportable().len(), 1);
+        assert!(matches!(
+            r.claim("2-1", peer()),
+            Err(ImportError::NoSuchDevice(_))
+        ));
+    }
+
+    #[test]
+    fn a_stale_claim_does_not_release_a_replugged_device() {
+        let r = Registry::new();
+        r.add(Arc::new(Fake("1-1")));
+        let old = r.claim("1-1", peer()).unwrap();
+        r.remove("1-1");
+        r.add(Arc::new(Fake("1-1")));
+        let new = r.claim("1-1", peer()).unwrap();
+        drop(old);
+        assert!(matches!(
+            r.claim("1-1", peer()),
+            Err(ImportError::Busy { .. })
+        ));
+        drop(new);
+        assert!(r.claim("1-1", peer()).is_ok());
     }
 }
