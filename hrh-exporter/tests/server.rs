@@ -200,6 +200,15 @@ impl Client {
     }
 }
 
+/// A 48-byte URB header from its ten big-endian words and a zero setup packet.
+fn raw_urb(words: [u32; 10]) -> Vec<u8> {
+    words
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .chain([0; 8])
+        .collect()
+}
+
 async fn expect_closed(stream: &mut TcpStream) {
     let mut scratch = [0u8; 1024];
     loop {
@@ -414,42 +423,17 @@ async fn bad_clients_are_cut_off_and_others_keep_working() {
     truncated.shutdown().await.unwrap();
     expect_closed(&mut truncated).await;
 
+    // Raw headers the codec refuses to build: command, seqnum, devid,
+    // direction, ep, flags, length, start_frame, packets, interval.
     let bad_urbs: Vec<Box<dyn Fn(u32) -> Vec<u8>>> = vec![
         // Unknown command 9.
-        Box::new(|_| {
-            [9u32, 1, 0, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_be_bytes())
-                .chain([0; 28])
-                .collect()
-        }),
+        Box::new(|_| raw_urb([9, 1, 0, 0, 0, 0, 0, 0, 0, 0])),
         // A 2 GiB IN transfer.
-        Box::new(|devid| {
-            let mut v: Vec<u8> = [1u32, 1, devid, 1, 1, 0, 0x7fff_ffff, 0, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_be_bytes())
-                .collect();
-            v.extend([0; 8]);
-            v
-        }),
+        Box::new(|devid| raw_urb([1, 1, devid, 1, 1, 0, 0x7fff_ffff, 0, 0, 0])),
         // 100000 isochronous packets.
-        Box::new(|devid| {
-            let mut v: Vec<u8> = [1u32, 1, devid, 1, 1, 0, 64, 0, 100_000, 0]
-                .iter()
-                .flat_map(|v| v.to_be_bytes())
-                .collect();
-            v.extend([0; 8]);
-            v
-        }),
+        Box::new(|devid| raw_urb([1, 1, devid, 1, 1, 0, 64, 0, 100_000, 0])),
         // An URB for a device this connection did not import.
-        Box::new(|_| {
-            let mut v: Vec<u8> = [1u32, 1, 0x00ff_00ff, 1, 1, 0, 64, 0, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_be_bytes())
-                .collect();
-            v.extend([0; 8]);
-            v
-        }),
+        Box::new(|_| raw_urb([1, 1, 0x00ff_00ff, 1, 1, 0, 64, 0, 0, 0])),
     ];
     for make in bad_urbs {
         let mut bad = Client::import(addr, "1-1").await;
