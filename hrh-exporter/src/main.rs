@@ -3,10 +3,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use hrh_exporter::config::{Args, Config};
+use hrh_exporter::config::{Args, Command, Config};
 use hrh_exporter::device::UsbDevice;
 use hrh_exporter::registry::Registry;
 use hrh_exporter::server;
+use hrh_exporter::source::libusb::{self, FoundDevice, LibusbSource};
 use hrh_exporter::source::simulated::SimulatedDevice;
 use tracing::info;
 
@@ -19,14 +20,72 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::List) => list(),
+        None => run(args),
+    };
+    if let Err(e) = result {
         eprintln!("hrh-exporter: {e:#}");
         std::process::exit(1);
     }
 }
 
+/// `hrh-exporter list`: what `--device` can select.
+fn list() -> anyhow::Result<()> {
+    let source = LibusbSource::new().context("cannot use libusb")?;
+    let devices = source.scan().context("cannot list USB devices")?;
+    if devices.is_empty() {
+        println!("no exportable USB devices");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<9} {:<6} {:<5} DEVICE",
+        "BUSID", "VID:PID", "SPEED", "CLASS"
+    );
+    for d in &devices {
+        println!(
+            "{:<12} {:04x}:{:04x} {:<6} {:02x}    {}",
+            d.busid,
+            d.vendor_id,
+            d.product_id,
+            speed_name(d.speed),
+            d.class,
+            describe(d)
+        );
+    }
+    Ok(())
+}
+
+fn describe(d: &FoundDevice) -> String {
+    let mut text = [d.manufacturer.as_deref(), d.product.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.is_empty() {
+        text = "(no strings)".into();
+    }
+    if let Some(serial) = &d.serial {
+        text.push_str(&format!(" [{serial}]"));
+    }
+    text
+}
+
+fn speed_name(speed: u32) -> &'static str {
+    use usbip_proto::speed;
+    match speed {
+        speed::LOW => "low",
+        speed::FULL => "full",
+        speed::HIGH => "high",
+        speed::SUPER => "super",
+        speed::SUPER_PLUS => "super+",
+        _ => "?",
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::try_from(args)?;
+    let config = Config::from_args(args)?;
     let registry = Registry::new();
     for (i, kind) in config.simulated.iter().enumerate() {
         let device = SimulatedDevice::new(kind, i as u32 + 1)
@@ -38,6 +97,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         registry.add(Arc::new(device));
     }
+    // Real devices come and go; the watcher keeps the registry current
+    // for as long as it lives.
+    let _watcher = if config.devices.is_empty() {
+        None
+    } else {
+        let source = Arc::new(LibusbSource::new().context("cannot use libusb")?);
+        Some(libusb::watch(
+            source,
+            config.devices.clone(),
+            registry.clone(),
+            config.scan_interval,
+        ))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

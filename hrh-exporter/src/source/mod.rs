@@ -1,3 +1,4 @@
 //! Where exported devices come from.
 
+pub mod libusb;
 pub mod simulated;

@@ -1,0 +1,212 @@
+//! Hot-plug by polling: devices that match the selectors are exported when
+//! they appear and withdrawn when they go.
+//!
+//! Polling rather than libusb's hot-plug callbacks: those rely on udevd's
+//! events, and small gateways (and the test guests) run no udevd.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::discovery::{FoundDevice, LibusbSource, Selector};
+use super::handle::LibusbDevice;
+use crate::registry::Registry;
+
+/// Stops the watcher when dropped (and waits for it).
+#[derive(Debug)]
+pub struct WatchHandle {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        // Disconnecting the channel wakes the watcher from its sleep.
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Exports the devices matching `selectors` into `registry`, now and as
+/// they come and go, checking every `interval`. The first scan is done
+/// before this returns, so devices already present are exported at once.
+pub fn watch(
+    source: Arc<LibusbSource>,
+    selectors: Vec<Selector>,
+    registry: Registry,
+    interval: Duration,
+) -> WatchHandle {
+    let mut watcher = Watcher {
+        source,
+        selectors,
+        registry,
+        exported: HashMap::new(),
+        failed: HashMap::new(),
+        scan_failing: false,
+    };
+    watcher.poll();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("usb-watch".into())
+        .spawn(move || {
+            // Ends when the handle's sender is dropped (Disconnected).
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                watcher.poll();
+            }
+        });
+    let thread = match thread {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            warn!("cannot start the USB hot-plug watcher ({e}): devices plugged in later will not be exported");
+            None
+        }
+    };
+    WatchHandle {
+        stop: Some(stop),
+        thread,
+    }
+}
+
+struct Watcher {
+    source: Arc<LibusbSource>,
+    selectors: Vec<Selector>,
+    registry: Registry,
+    /// What we exported, by bus id.
+    exported: HashMap<String, Arc<LibusbDevice>>,
+    /// Devices that failed to open, by bus id, with their address: tried
+    /// again only once replugged, so that the log says it once.
+    failed: HashMap<String, u8>,
+    scan_failing: bool,
+}
+
+impl Watcher {
+    fn poll(&mut self) {
+        let found = match self.source.scan() {
+            Ok(found) => {
+                if self.scan_failing {
+                    info!("listing USB devices works again");
+                    self.scan_failing = false;
+                }
+                found
+            }
+            Err(e) => {
+                if !self.scan_failing {
+                    warn!("{e}; retrying");
+                    self.scan_failing = true;
+                }
+                return;
+            }
+        };
+        let wanted: HashMap<&str, &FoundDevice> = found
+            .iter()
+            .filter(|f| self.selectors.iter().any(|s| f.matches(s)))
+            .map(|f| (f.busid.as_str(), f))
+            .collect();
+
+        // Gone, replugged (new address) or dead: withdraw.
+        let departed: Vec<String> = self
+            .exported
+            .iter()
+            .filter(|(busid, device)| {
+                let still_there = wanted
+                    .get(busid.as_str())
+                    .is_some_and(|f| f.devnum == device.devnum());
+                device.is_gone() || !still_there
+            })
+            .map(|(busid, _)| busid.clone())
+            .collect();
+        for busid in departed {
+            if let Some(device) = self.exported.remove(&busid) {
+                info!("{busid} was unplugged; no longer exported");
+                device.unplugged();
+                self.registry.remove(&busid);
+            }
+        }
+
+        self.failed.retain(|busid, devnum| {
+            wanted
+                .get(busid.as_str())
+                .is_some_and(|f| f.devnum == *devnum)
+        });
+        for (busid, found) in wanted {
+            if self.exported.contains_key(busid) || self.failed.contains_key(busid) {
+                continue;
+            }
+            if self.registry.contains(busid) {
+                warn!("{busid} is already exported by another source; not exporting the USB device there");
+                self.failed.insert(busid.to_owned(), found.devnum);
+                continue;
+            }
+            match self.source.open(found) {
+                Ok(device) => {
+                    info!("exporting {busid} {}", describe(found));
+                    self.registry.add(device.clone());
+                    self.exported.insert(busid.to_owned(), device);
+                }
+                Err(e) => {
+                    warn!("cannot export {busid} {}: {e}", describe(found));
+                    self.failed.insert(busid.to_owned(), found.devnum);
+                }
+            }
+        }
+    }
+}
+
+/// `1209:0001 (Manufacturer Product)` for log lines.
+fn describe(f: &FoundDevice) -> String {
+    let names: Vec<&str> = [f.manufacturer.as_deref(), f.product.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if names.is_empty() {
+        format!("{:04x}:{:04x}", f.vendor_id, f.product_id)
+    } else {
+        format!(
+            "{:04x}:{:04x} ({})",
+            f.vendor_id,
+            f.product_id,
+            names.join(" ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn the_watcher_stops_as_soon_as_its_handle_is_dropped() {
+        // Without libusb at all there is nothing to watch; a machine without
+        // USB devices still scans (to an empty list).
+        let Ok(source) = LibusbSource::new() else {
+            return;
+        };
+        let source = Arc::new(source);
+        let found = source.scan().expect("scan");
+        assert!(found.iter().all(|f| f.busid.contains('-')), "{found:?}");
+        let registry = Registry::new();
+        let nowhere: Selector = "255-7.7.7.7.7.7.7".parse().unwrap();
+        let handle = watch(
+            source,
+            vec![nowhere],
+            registry.clone(),
+            Duration::from_secs(3600),
+        );
+        let start = Instant::now();
+        drop(handle);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(registry.exportable().is_empty());
+    }
+}
