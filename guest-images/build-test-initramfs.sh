@@ -147,11 +147,16 @@ done
 
 say "adding kernel modules"
 # Client role, NIC, and the simulated-gateway role (gadgets exported with usbip-host, links
-# shaped with netem).
+# shaped with netem). The HID gadget function gives the gateway a device with interrupt
+# endpoints (guest-images/hrh-gadgets.sh), xhci-pci one with isochronous endpoints (QEMU's
+# emulated USB audio device, which dummy_hcd cannot replace: it has no isochronous endpoints);
+# usbhid, hid-generic and snd-usb-audio are the client's drivers for them (snd-pcm-oss gives
+# it /dev/dsp, which plays raw samples written by dd: busybox has no ALSA player).
 MODULES=(
-    usbip-core vhci-hcd cdc-acm usb-storage sd_mod
+    usbip-core vhci-hcd cdc-acm usb-storage sd_mod usbhid hid-generic snd-usb-audio snd-pcm-oss
     virtio_pci virtio_net e1000
-    dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usbip-host sch_netem
+    dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usb_f_hid usbip-host xhci-pci
+    sch_netem
 )
 declare -A SEEN=()
 add_module() {

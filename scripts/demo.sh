@@ -8,7 +8,6 @@
 # Installs what it needs (Debian packages, guest image) on the first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO="$(pwd)"
 SHOW_SECONDS="${1:-15}"
 case "$SHOW_SECONDS" in
     ''|*[!0-9]*) echo "usage: scripts/demo.sh [SECONDS]" >&2; exit 2 ;;
@@ -29,8 +28,8 @@ WORK="$(mktemp -d)"
 EXPORTER_PID=""
 QEMU_PID=""
 cleanup() {
-    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
-    [ -n "$EXPORTER_PID" ] && kill "$EXPORTER_PID" 2>/dev/null || true
+    if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; fi
+    if [ -n "$EXPORTER_PID" ]; then kill "$EXPORTER_PID" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }

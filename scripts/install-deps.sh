@@ -7,6 +7,8 @@ PACKAGES=(
     build-essential pkg-config libusb-1.0-0-dev
     # Guests under test: QEMU, Debian's kernel, busybox and the stock USB/IP tools.
     qemu-system-x86 linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux
+    # A newer QEMU for vhost-user runs from a Debian trixie chroot.
+    debootstrap
 )
 
 missing=()

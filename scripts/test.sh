@@ -51,6 +51,10 @@ fi
 if [ $RUN_VM = 1 ]; then
     step "guest images"
     guest-images/build-test-initramfs.sh
+    # A newer QEMU (for vhost-user), in a cached chroot: built here so its
+    # first, slow build shows progress and stays out of any test's time limit.
+    step "QEMU chroot"
+    guest-images/build-qemu-chroot.sh
     step "tests that boot QEMU guests"
     if [ $NEXTEST = 1 ]; then
         cargo nextest run -p vusb-vm-tests --locked --run-ignored only --no-fail-fast

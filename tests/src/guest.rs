@@ -71,6 +71,7 @@ pub struct GuestConfig {
     kernel_args: Vec<String>,
     qemu_args: Vec<OsString>,
     qemu_command: Vec<OsString>,
+    host_forwards: Vec<(u16, u16)>,
 }
 
 impl GuestConfig {
@@ -89,6 +90,7 @@ impl GuestConfig {
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
             qemu_command: vec!["qemu-system-x86_64".into()],
+            host_forwards: Vec::new(),
         }
     }
 
@@ -132,6 +134,15 @@ impl GuestConfig {
         S: Into<OsString>,
     {
         self.qemu_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Forwards TCP connections to the host's 127.0.0.1:`host_port` to the guest's
+    /// `guest_port`, through the default NIC (a `hostfwd` of its user-mode netdev). Another
+    /// guest reaches the forwarded port at `10.0.2.2:host_port`, which is how two test guests
+    /// talk to each other.
+    pub fn host_forward(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.host_forwards.push((host_port, guest_port));
         self
     }
 
@@ -234,6 +245,8 @@ pub struct Guest {
     log_path: PathBuf,
     /// Index into the test lines after the last line `wait_for_line` matched.
     cursor: usize,
+    /// The harness's end of the test channel, for lines sent to the guest.
+    input: Option<UnixStream>,
     exit_code: Option<i32>,
     _workdir: tempfile::TempDir,
 }
@@ -270,6 +283,10 @@ impl Guest {
             append.push(' ');
             append.push_str(arg);
         }
+        let mut netdev = String::from("user,id=n0");
+        for (host_port, guest_port) in &config.host_forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"));
+        }
         let mut cmd = Command::new(&config.qemu_command[0]);
         cmd.args(&config.qemu_command[1..])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -282,7 +299,7 @@ impl Guest {
             .arg("-initrd")
             .arg(&initrd)
             .args(["-append", &append])
-            .args(["-netdev", "user,id=n0"])
+            .args(["-netdev", &netdev])
             // No option ROM: the guest boots from -kernel, and this spares a dependency on
             // the ipxe ROM package.
             .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
@@ -328,10 +345,16 @@ impl Guest {
             readers,
             log_path,
             cursor: 0,
+            input: None,
             exit_code: None,
             _workdir: workdir,
         };
         let stream = guest.connect_test_channel(&socket)?;
+        guest.input = Some(
+            stream
+                .try_clone()
+                .context("duplicating the test channel's socket")?,
+        );
         let reader = spawn_reader(&guest.shared, Source::Test, stream);
         guest.readers.push(reader);
         Ok(guest)
@@ -414,6 +437,24 @@ impl Guest {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Sends a line to the guest over the test channel: the script can read it from
+    /// `/dev/ttyS1` (a tty in canonical mode without echo, so it arrives as one line).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        if line.contains(['\n', '\r']) {
+            return Err(anyhow!(
+                "a line sent to the guest must not contain line breaks: {line:?}"
+            ));
+        }
+        let input = self
+            .input
+            .as_mut()
+            .ok_or_else(|| anyhow!("guest {}: the test channel is closed", self.name))?;
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| input.flush())
+            .map_err(|e| self.failure(&format!("sending a line to the guest: {e}")))
     }
 
     /// Waits for the script's exit marker and for QEMU to exit, and returns the script's exit

@@ -5,14 +5,23 @@
 //! the stock Linux USB/IP client at hand and talks to daemons the test runs on the host, which
 //! the guest reaches at 10.0.2.2 through QEMU user networking. The script prints marker lines
 //! the test synchronises on; its exit code comes back through a final marker.
+//!
+//! Some tests boot two guests ([`hrh`]): one playing the Home Radio Head with real kernel USB
+//! devices and a USB/IP server, one with the stock client. Their scripts serve shell commands
+//! the test sends over the test channel ([`remote`]), so that the test can drive both in turn.
 
 pub mod assets;
 pub mod cpio;
 pub mod exporter;
 pub mod guest;
+pub mod hrh;
+pub mod qemu_chroot;
+pub mod remote;
 mod util;
 
 pub use assets::{guest_assets, GuestAssets};
 pub use exporter::{workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
+pub use hrh::{boot_client, Hrh, HrhConfig, HrhDevice, Server};
+pub use remote::{Output, Remote};
 pub use util::{free_port, log_dir, target_dir, wait_until, workspace_root};

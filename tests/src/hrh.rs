@@ -1,0 +1,648 @@
+//! The two-guest test bed: a guest playing the Home Radio Head (HRH), with real kernel USB
+//! devices and a USB/IP server, and a client guest with the stock Linux USB/IP client.
+//!
+//! ```text
+//!  HRH guest                                          client guest
+//!  configfs gadgets on dummy_hcd ─┐                   usbip attach + vhci-hcd,
+//!  QEMU usb-audio on qemu-xhci ───┴ usbipd+usbip-host  cdc_acm, usb-storage, usbhid,
+//!                                   or hrh-exporter     snd-usb-audio
+//!        :3240 ◄── hostfwd 127.0.0.1:PORT ◄── 10.0.2.2:PORT ─┘
+//! ```
+//!
+//! The HRH's devices are those of `guest-images/hrh-gadgets.sh` (a CDC-ACM serial port, a
+//! mass-storage device backed by a file and a vendor-defined HID device, each a separate
+//! device on a root hub of its own) plus QEMU's emulated USB audio device, the only
+//! isochronous device at hand: dummy_hcd has no isochronous endpoints. QEMU writes what the
+//! audio device plays into a WAV file on the host ([`Hrh::wav_path`]), so a test can check
+//! that isochronous data crossed the link.
+//!
+//! Both guests serve shell commands ([`Remote`]); the functions of [`HRH_FUNCTIONS`] and
+//! [`CLIENT_FUNCTIONS`] are the vocabulary of the tests. The HRH forwards the server's log to
+//! its test channel with the prefix `server| `, so it shows in the HRH's log as it happens.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::exporter::workspace_binary;
+use crate::guest::{Guest, GuestConfig};
+use crate::remote::{Output, Remote, SERVE_FUNCTION};
+use crate::util::{free_port, log_dir, workspace_root};
+
+/// The USB/IP port inside the HRH guest, forwarded from a free port of the host.
+pub const HRH_GUEST_PORT: u16 = 3240;
+
+/// The id of QEMU's emulated USB audio device (`-device usb-audio`).
+pub const QEMU_AUDIO_ID: &str = "46f4:0002";
+
+/// Where the HRH keeps the server's output; its lines reach the test channel prefixed with
+/// this.
+pub const SERVER_LOG_PREFIX: &str = "server| ";
+
+/// Which USB/IP server the HRH runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// Debian's stock `usbipd` with the kernel's usbip-host driver.
+    Usbipd,
+    /// The workspace's `hrh-exporter`, exporting the devices through libusb.
+    HrhExporter,
+}
+
+impl Server {
+    /// Its name in the HRH's shell functions and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Usbipd => "usbipd",
+            Server::HrhExporter => "hrh-exporter",
+        }
+    }
+}
+
+/// Shell functions both guests get (busybox sh; the harness's prelude is defined before).
+pub const COMMON_FUNCTIONS: &str = r#"
+# wait_for SECONDS COMMAND...: as the prelude's, but counting time rather than tries: some
+# commands here (usbip list against a server that is slow to answer) take a second each.
+wait_for() {
+    _wait_end=$(($(cut -d. -f1 /proc/uptime) + $1))
+    shift
+    until "$@"; do
+        [ "$(cut -d. -f1 /proc/uptime)" -lt "$_wait_end" ] || return 1
+        sleep 0.2
+    done
+}
+
+# dead PID: the process is gone (or a zombie waiting to be reaped).
+dead() { [ ! -d "/proc/$1" ] || grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
+"#;
+
+/// Shell functions of the HRH guest (after [`COMMON_FUNCTIONS`]).
+pub const HRH_FUNCTIONS: &str = r#"
+SERVER_LOG=/tmp/server.log
+
+# audio_busid: the bus id of QEMU's USB audio device.
+audio_busid() {
+    for d in /sys/bus/usb/devices/*; do
+        case "${d##*/}" in *:* | usb*) continue ;; esac
+        if [ "$(cat "$d/idVendor"):$(cat "$d/idProduct")" = "$QEMU_AUDIO_ID" ]; then
+            echo "${d##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# hrh_devices: one line per device of this HRH:
+#   HRH-DEVICE name=acm busid=19-1 id=1209:000a udc=dummy_udc.0 state=up
+hrh_devices() {
+    sh /hrh-gadgets.sh list | sed 's/^HRH-GADGET /HRH-DEVICE /'
+    if b=$(audio_busid); then
+        echo "HRH-DEVICE name=audio busid=$b id=$QEMU_AUDIO_ID udc=- state=up"
+    fi
+}
+
+# hrh_busids: the bus ids of the devices that are plugged in.
+hrh_busids() { hrh_devices | sed -n 's/.* busid=\([0-9][^ ]*\) .*/\1/p'; }
+
+# listed_locally BUSID...: the server on this machine lists all of them.
+listed_locally() {
+    usbip list -r 127.0.0.1 >/tmp/local-list 2>&1 || return 1
+    for b in "$@"; do
+        grep -q "^ *$b:" /tmp/local-list || return 1
+    done
+}
+
+# exported_or_dead BUSID...: the server lists all of them, or has exited.
+exported_or_dead() { listed_locally "$@" || ! server_alive; }
+
+# hrh_export SERVER: starts usbipd (binding every device to usbip-host) or hrh-exporter (one
+# --device per bus id) and waits until it lists every device.
+hrh_export() {
+    kind=$1
+    case "$kind" in
+    usbipd)
+        modprobe usbip-host || return 1
+        # Not -D: in the foreground its messages go to stderr, daemonised only to syslog, and
+        # this guest runs no syslog daemon.
+        usbipd >>"$SERVER_LOG" 2>&1 &
+        echo $! >/tmp/server.pid
+        for b in $(hrh_busids); do
+            usbip bind -b "$b" || return 1
+        done
+        ;;
+    hrh-exporter)
+        set --
+        for b in $(hrh_busids); do
+            set -- "$@" --device "$b"
+        done
+        echo "starting: hrh-exporter --listen 0.0.0.0:3240 $*"
+        RUST_LOG="$HRH_RUST_LOG" NO_COLOR=1 hrh-exporter --listen 0.0.0.0:3240 "$@" \
+            >>"$SERVER_LOG" 2>&1 &
+        echo $! >/tmp/server.pid
+        ;;
+    *)
+        echo "unknown server $kind"
+        return 2
+        ;;
+    esac
+    echo "$kind" >/tmp/server.kind
+    # shellcheck disable=SC2046
+    wait_for 60 exported_or_dead $(hrh_busids)
+    if ! server_alive; then
+        echo "$kind exited; its output:"
+        cat "$SERVER_LOG"
+        return 1
+    fi
+    # shellcheck disable=SC2046
+    if ! listed_locally $(hrh_busids); then
+        echo "not every device is exported after 60 s; the server lists:"
+        cat /tmp/local-list
+        return 1
+    fi
+    echo "SERVER-PID=$(cat /tmp/server.pid)"
+}
+
+# hrh_unexport: stops the server and gives the devices back to their local drivers.
+hrh_unexport() {
+    pid=$(cat /tmp/server.pid) || return 1
+    kind=$(cat /tmp/server.kind)
+    dead "$pid" && echo "SERVER-HAD-EXITED=yes"
+    kill "$pid" 2>/dev/null
+    if ! wait_for 20 dead "$pid"; then
+        echo "the server ignored SIGTERM for 20 s"
+        kill -9 "$pid"
+    fi
+    if [ "$kind" = usbipd ]; then
+        for d in /sys/bus/usb/drivers/usbip-host/[0-9]*; do
+            [ -e "$d" ] && usbip unbind -b "${d##*/}"
+        done
+    fi
+    rm -f /tmp/server.pid /tmp/server.kind
+}
+
+# server_alive: the server process still runs.
+server_alive() { ! dead "$(cat /tmp/server.pid)"; }
+
+# serial_listen: collects what the host sends to the gadget's serial port in /tmp/serial.in.
+serial_listen() {
+    stty -F /dev/ttyGS0 raw -echo || return 1
+    : >/tmp/serial.in
+    cat /dev/ttyGS0 >>/tmp/serial.in 2>/dev/null &
+    echo $! >/tmp/serial.pid
+}
+serial_send() { printf '%s\n' "$1" >/dev/ttyGS0; }
+serial_expect() { wait_for "$2" grep -q "$1" /tmp/serial.in; }
+
+# hid_listen: the next output report the host sends, into /tmp/hid.in.
+hid_listen() {
+    rm -f /tmp/hid.in
+    dd if=/dev/hidg0 of=/tmp/hid.in.part bs=8 count=1 2>/dev/null && mv /tmp/hid.in.part /tmp/hid.in &
+}
+# hid_send HEX: sends an 8-byte input report to the host, once the host polls (its
+# interrupt-IN URB is pending at dummy_hcd). A report queued earlier would complete the
+# host's first URB at once, and usbhid drops what arrives in the first 50 ms after an open
+# (HID_RESUME_RUNNING): the same without USB/IP.
+hid_polled() { grep -q 'in-int' "$(sh /hrh-gadgets.sh hcd hid)/urbs"; }
+hid_send() {
+    wait_for 20 hid_polled || { echo "the host does not poll the HID device"; return 1; }
+    echo "$1" | xxd -r -p | dd of=/dev/hidg0 bs=8 count=1 2>/dev/null
+}
+hid_received() {
+    wait_for "$1" test -f /tmp/hid.in || return 1
+    echo "HID-RECEIVED=$(od -An -tx1 /tmp/hid.in | tr -d ' \n')"
+}
+
+# storage_sha256 MIB: the hash of the first MIB MiB of the storage gadget's backing file.
+storage_sha256() {
+    sync
+    echo "IMAGE-SHA256=$(dd if=/tmp/hrh-storage.img bs=1M count="$1" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+}
+"#;
+
+/// Shell functions of the client guest (after [`COMMON_FUNCTIONS`]).
+pub const CLIENT_FUNCTIONS: &str = r#"
+# dev_dir VID:PID: the sysfs directory of the imported device with that id.
+dev_dir() {
+    for d in /sys/bus/usb/devices/*; do
+        case "${d##*/}" in *:* | usb*) continue ;; esac
+        if [ "$(cat "$d/idVendor"):$(cat "$d/idProduct")" = "$1" ]; then
+            echo "$d"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# describe VID:PID: what the client's USB core made of an imported device.
+describe() {
+    d=$(dev_dir "$1") || { echo "no device $1"; return 1; }
+    echo "SPEED=$(cat "$d/speed")"
+    echo "CONFIGURATION=$(cat "$d/bConfigurationValue")"
+    echo "DESCRIPTORS-SHA256=$(sha256sum <"$d/descriptors" | cut -d' ' -f1)"
+    for i in "$d"/*:*; do
+        [ -d "$i" ] || continue
+        drv=$(readlink "$i/driver")
+        echo "INTERFACE=${i##*:} $(cat "$i/bInterfaceClass")/$(cat "$i/bInterfaceSubClass")/$(cat "$i/bInterfaceProtocol") alt=$(cat "$i/bAlternateSetting") driver=${drv##*/}"
+    done
+}
+
+# attach BUSID VID:PID: imports a device and waits until the USB core has configured it.
+# Waiting matters: `usbip attach` reads the state of every used vhci port and fails ("open
+# vhci_driver") while an earlier import is still being enumerated.
+configured() { d=$(dev_dir "$1") && [ -n "$(cat "$d/bConfigurationValue")" ]; }
+attach() {
+    usbip_attach "$1" || return 1
+    wait_for 60 configured "$2" || { echo "$1 ($2) was not configured within 60 s"; return 1; }
+}
+
+# remote_list: `usbip list -r` of the HRH, each line prefixed with "LIST: ".
+remote_list() {
+    usbip --tcp-port "$VUSB_PORT" list -r "$VUSB_HOST" >/tmp/list.out 2>&1
+    rc=$?
+    sed 's/^/LIST: /' /tmp/list.out
+    echo "LIST-RC=$rc"
+}
+
+# ports: `usbip port`, each line prefixed with "PORT: ".
+ports() { usbip port 2>&1 | sed 's/^/PORT: /'; }
+
+no_ports() { [ "$(usbip_ports_in_use)" -eq 0 ]; }
+detach_all() {
+    for p in $(usbip port 2>/dev/null | sed -n 's/^Port \([0-9]*\):.*/\1/p'); do
+        usbip detach -p "$((p + 0))" || return 1
+    done
+    wait_for 30 no_ports
+}
+
+serial_listen() {
+    stty -F /dev/ttyACM0 raw -echo || return 1
+    : >/tmp/serial.in
+    cat /dev/ttyACM0 >>/tmp/serial.in 2>/dev/null &
+    echo $! >/tmp/serial.pid
+}
+serial_send() { printf '%s\n' "$1" >/dev/ttyACM0; }
+serial_expect() { wait_for "$2" grep -q "$1" /tmp/serial.in; }
+
+# hid_listen: the next input report, into /tmp/hid.in. usbhid drops reports that arrive in the
+# first 50 ms after hidraw is opened, so this gives it a second before the HRH may send.
+hid_listen() {
+    rm -f /tmp/hid.in
+    dd if=/dev/hidraw0 of=/tmp/hid.in.part bs=8 count=1 2>/dev/null && mv /tmp/hid.in.part /tmp/hid.in &
+    sleep 1
+}
+# hid_send HEX: sends an 8-byte output report (hidraw wants the report id first: 0, none).
+hid_send() {
+    { printf '\000'; echo "$1" | xxd -r -p; } >/tmp/hid.out
+    dd if=/tmp/hid.out of=/dev/hidraw0 bs=9 count=1 2>/dev/null
+}
+hid_received() {
+    wait_for "$1" test -f /tmp/hid.in || return 1
+    echo "HID-RECEIVED=$(od -An -tx1 /tmp/hid.in | tr -d ' \n')"
+}
+
+# storage_roundtrip MIB: writes MIB MiB of random data to /dev/sda, reads them back past the
+# page cache and prints both hashes.
+storage_roundtrip() {
+    dd if=/dev/urandom of=/tmp/data bs=1M count="$1" 2>/dev/null || return 1
+    echo "WRITTEN-SHA256=$(sha256sum </tmp/data | cut -d' ' -f1)"
+    dd if=/tmp/data of=/dev/sda bs=1M conv=fsync 2>/tmp/dd.err || { cat /tmp/dd.err; return 1; }
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "READBACK-SHA256=$(dd if=/dev/sda bs=1M count="$1" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+}
+
+# audio_play SECONDS BYTE: plays SECONDS s of a constant 8-bit sample (octal BYTE) through
+# OSS emulation (8 kHz, unsigned 8-bit, mono, converted by the kernel to what the device
+# takes); the device gets it as isochronous OUT packets.
+audio_play() {
+    head -c $(($1 * 8000)) /dev/zero | tr '\0' "\\$2" >/tmp/tone
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/tmp/tone of=/dev/dsp bs=800 2>/tmp/audio.err
+    rc=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "AUDIO-RC=$rc"
+    echo "AUDIO-SECONDS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')"
+    cat /tmp/audio.err
+}
+
+# unplug_watchers: processes blocked on the devices when they are unplugged.
+unplug_watchers() {
+    stty -F /dev/ttyACM0 raw -echo
+    cat /dev/ttyACM0 >/dev/null 2>&1 &
+    echo $! >/tmp/watch-acm.pid
+    dd if=/dev/hidraw0 of=/dev/null bs=8 2>/dev/null &
+    echo $! >/tmp/watch-hid.pid
+    sh -c 'while dd if=/dev/sda of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done' &
+    echo $! >/tmp/watch-sda.pid
+}
+watchers_ended() {
+    for f in /tmp/watch-*.pid; do
+        dead "$(cat "$f")" || return 1
+    done
+}
+# unplugged BUSID...: their device nodes, vhci ports and the processes using them are gone.
+unplugged() {
+    for n in /dev/ttyACM0 /dev/sda /dev/hidraw0; do
+        [ ! -e "$n" ] || return 1
+    done
+    for b in "$@"; do
+        [ -z "$(usbip_port_of "$b")" ] || return 1
+    done
+    watchers_ended
+}
+"#;
+
+/// A device of the HRH, as `hrh_devices` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HrhDevice {
+    /// `acm`, `storage`, `hid` or `audio`.
+    pub name: String,
+    /// Its USB/IP bus id in the HRH ("-" while unplugged).
+    pub busid: String,
+    /// `vid:pid` in hex.
+    pub id: String,
+}
+
+/// Parses the `HRH-DEVICE …` lines of an output.
+pub fn parse_devices(out: &Output) -> Vec<HrhDevice> {
+    out.lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("HRH-DEVICE "))
+        .filter_map(|rest| {
+            let field = |key: &str| {
+                rest.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            Some(HrhDevice {
+                name: field("name")?,
+                busid: field("busid")?,
+                id: field("id")?,
+            })
+        })
+        .collect()
+}
+
+/// What to boot as the HRH.
+#[derive(Debug, Clone)]
+pub struct HrhConfig {
+    name: String,
+    storage_mib: u32,
+    with_exporter: bool,
+    rust_log: String,
+}
+
+impl HrhConfig {
+    /// An HRH whose log is `<name>.log`, with a 16 MiB storage gadget and without hrh-exporter.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            storage_mib: 16,
+            with_exporter: false,
+            rust_log: "info".to_owned(),
+        }
+    }
+
+    pub fn storage_mib(mut self, mib: u32) -> Self {
+        self.storage_mib = mib;
+        self
+    }
+
+    /// Puts the workspace's `hrh-exporter` (and the shared libraries it links) into the guest.
+    pub fn with_exporter(mut self) -> Self {
+        self.with_exporter = true;
+        self
+    }
+
+    /// `RUST_LOG` for hrh-exporter (default `info`).
+    pub fn rust_log(mut self, filter: &str) -> Self {
+        self.rust_log = filter.to_owned();
+        self
+    }
+}
+
+/// The HRH guest.
+#[derive(Debug)]
+pub struct Hrh {
+    remote: Remote,
+    port: u16,
+    wav_path: PathBuf,
+}
+
+impl Hrh {
+    /// Starts booting the HRH guest and returns at once; [`Self::wait_ready`] waits for its
+    /// devices. Booting the client meanwhile saves a boot's time.
+    pub fn boot(config: HrhConfig) -> Result<Hrh> {
+        let port = free_port()?;
+        let gadgets_path = workspace_root().join("guest-images/hrh-gadgets.sh");
+        let gadgets = std::fs::read(&gadgets_path)
+            .with_context(|| format!("reading {}", gadgets_path.display()))?;
+        let wav_path = log_dir()?.join(format!("{}.audio.wav", config.name));
+        // A WAV left by an earlier run would be mistaken for this run's audio.
+        let _ = std::fs::remove_file(&wav_path);
+
+        let script = format!(
+            r#"{COMMON_FUNCTIONS}
+{HRH_FUNCTIONS}
+{SERVE_FUNCTION}
+modprobe xhci-pci || fail "modprobe xhci-pci failed"
+sh /hrh-gadgets.sh setup "$STORAGE_MIB" || fail "hrh-gadgets.sh setup failed"
+wait_for 30 audio_busid >/dev/null || fail "QEMU's USB audio device did not appear"
+: >"$SERVER_LOG"
+# A shell loop rather than sed, which would hold lines back in its output buffer.
+tail -f "$SERVER_LOG" 2>/dev/null | while IFS= read -r line; do echo "{SERVER_LOG_PREFIX}$line"; done &
+hrh_devices
+vusb_serve
+"#
+        );
+        let mut guest = GuestConfig::new(&config.name, &script)
+            .env("STORAGE_MIB", config.storage_mib)
+            .env("QEMU_AUDIO_ID", QEMU_AUDIO_ID)
+            .env("HRH_RUST_LOG", &config.rust_log)
+            .file("/hrh-gadgets.sh", gadgets, 0o755)
+            .host_forward(port, HRH_GUEST_PORT)
+            .qemu_args([
+                "-device".to_owned(),
+                "qemu-xhci,id=hrhxhci".to_owned(),
+                "-device".to_owned(),
+                "usb-audio,bus=hrhxhci.0,audiodev=hrhsnd".to_owned(),
+                "-audiodev".to_owned(),
+                format!("wav,id=hrhsnd,path={}", wav_path.display()),
+            ]);
+        if config.with_exporter {
+            for (path, contents) in exporter_files()? {
+                guest = guest.file(&path, contents, 0o755);
+            }
+        }
+        let mut remote = Remote::new(Guest::boot(guest)?);
+        remote.ignore_prefix(SERVER_LOG_PREFIX);
+        Ok(Hrh {
+            remote,
+            port,
+            wav_path,
+        })
+    }
+
+    /// Waits until the HRH serves commands and returns its devices.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Vec<HrhDevice>> {
+        self.remote.wait_ready(timeout)?;
+        self.devices()
+    }
+
+    /// The host port that reaches the HRH's USB/IP port; the client guest connects to
+    /// `10.0.2.2:<port>`.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The WAV file QEMU writes what the HRH's USB audio device plays into; complete once the
+    /// HRH guest has shut down.
+    pub fn wav_path(&self) -> &Path {
+        &self.wav_path
+    }
+
+    pub fn remote(&mut self) -> &mut Remote {
+        &mut self.remote
+    }
+
+    /// The HRH's devices now.
+    pub fn devices(&mut self) -> Result<Vec<HrhDevice>> {
+        let out = self.remote.check("hrh_devices", Duration::from_secs(30))?;
+        let devices = parse_devices(&out);
+        if devices.is_empty() {
+            bail!("the HRH reports no devices:\n{}", out.text());
+        }
+        Ok(devices)
+    }
+
+    /// Starts `server` and waits until it lists every device.
+    pub fn start_server(&mut self, server: Server) -> Result<Output> {
+        self.remote.check(
+            &format!("hrh_export {}", server.name()),
+            Duration::from_secs(120),
+        )
+    }
+
+    /// Stops the server; the devices go back to the HRH's own drivers.
+    pub fn stop_server(&mut self) -> Result<Output> {
+        self.remote.check("hrh_unexport", Duration::from_secs(60))
+    }
+
+    /// Shuts the guest down and returns its script's exit code.
+    pub fn finish(self, timeout: Duration) -> Result<i32> {
+        self.remote.finish(timeout)
+    }
+}
+
+/// Boots the client guest, which imports from the HRH through `10.0.2.2:<hrh_port>`. Returns
+/// at once; wait with [`Remote::wait_ready`].
+pub fn boot_client(name: &str, hrh_port: u16) -> Result<Remote> {
+    let script = format!(
+        r#"{COMMON_FUNCTIONS}
+{CLIENT_FUNCTIONS}
+{SERVE_FUNCTION}
+# /dev/dsp for the audio test: OSS emulation takes raw samples from dd.
+modprobe snd-pcm-oss || fail "modprobe snd-pcm-oss failed"
+vusb_serve
+"#
+    );
+    let config = GuestConfig::new(name, &script).env("VUSB_PORT", hrh_port);
+    Ok(Remote::new(Guest::boot(config)?))
+}
+
+/// `hrh-exporter` for the HRH guest, with the shared libraries `ldd` names (the loader too,
+/// so that they match), as (path in the guest, contents). The binary is stripped of its debug
+/// information when `objcopy` is at hand: the archive is held in guest memory.
+fn exporter_files() -> Result<Vec<(String, Vec<u8>)>> {
+    let binary = workspace_binary("hrh-exporter")?;
+    let mut files = Vec::new();
+    let stripped = tempfile::NamedTempFile::new()?;
+    let contents = match Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&binary)
+        .arg(stripped.path())
+        .status()
+    {
+        Ok(status) if status.success() => std::fs::read(stripped.path())?,
+        _ => std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
+    };
+    files.push(("/usr/bin/hrh-exporter".to_owned(), contents));
+
+    let out = Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .context("running ldd (package libc-bin)")?;
+    if !out.status.success() {
+        bail!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout))? {
+        let contents = std::fs::read(&lib).with_context(|| format!("reading {lib}"))?;
+        files.push((lib, contents));
+    }
+    Ok(files)
+}
+
+/// The library paths in `ldd` output: "name => /path (addr)" and, for the loader,
+/// "/path (addr)". A library ldd cannot find is an error, not a guest that fails later.
+fn ldd_paths(output: &str) -> Result<Vec<String>> {
+    let mut paths = Vec::new();
+    for line in output.lines() {
+        let line = line.trim();
+        if let Some((name, rest)) = line.split_once(" => ") {
+            let path = rest.split_whitespace().next().unwrap_or("");
+            if path.starts_with('/') {
+                paths.push(path.to_owned());
+            } else if !name.starts_with("linux-vdso") {
+                return Err(anyhow!("ldd cannot find {name}: {line}"));
+            }
+        } else if line.starts_with('/') {
+            paths.push(line.split_whitespace().next().unwrap_or(line).to_owned());
+        }
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_libraries_and_loader() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibusb-1.0.so.0 => /lib/x86_64-linux-gnu/libusb-1.0.so.0 (0x00007f01)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f03)\n";
+        assert_eq!(
+            ldd_paths(out).unwrap(),
+            [
+                "/lib/x86_64-linux-gnu/libusb-1.0.so.0",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        assert!(ldd_paths("\tlibudev.so.1 => not found\n").is_err());
+    }
+
+    #[test]
+    fn device_lines_are_parsed() {
+        let out = Output {
+            command: "hrh_devices".into(),
+            rc: 0,
+            lines: vec![
+                "HRH-DEVICE name=acm busid=19-1 id=1209:000a udc=dummy_udc.0 state=up".into(),
+                "noise".into(),
+                "HRH-DEVICE name=audio busid=17-1 id=46f4:0002 udc=- state=up".into(),
+            ],
+            elapsed: Duration::ZERO,
+        };
+        let devices = parse_devices(&out);
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[0].busid, "19-1");
+        assert_eq!(devices[1].name, "audio");
+        assert_eq!(devices[1].id, QEMU_AUDIO_ID);
+    }
+}
