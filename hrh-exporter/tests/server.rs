@@ -200,6 +200,35 @@ impl Client {
     }
 }
 
+/// Imports `busid` as soon as the exporter offers it again (a release is
+/// noticed when the old connection's task ends, which takes a moment).
+async fn import_when_free(addr: SocketAddr, busid: &str) -> Option<Client> {
+    for _ in 0..50 {
+        let (stream, reply) = op(
+            addr,
+            OpRequest::Import {
+                busid: busid.into(),
+            },
+        )
+        .await;
+        if let OpReply::Import {
+            status: 0,
+            device: Some(dev),
+        } = reply
+        {
+            return Some(Client {
+                stream,
+                buf: BytesMut::new(),
+                devid: dev.busnum << 16 | dev.devnum,
+                directions: HashMap::new(),
+                next_seqnum: 1,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 /// A 48-byte URB header from its ten big-endian words and a zero setup packet.
 fn raw_urb(words: [u32; 10]) -> Vec<u8> {
     words
@@ -259,22 +288,10 @@ async fn second_importer_is_refused_until_the_first_leaves() {
     let (_, list) = op(addr, OpRequest::DevList).await;
     assert!(matches!(list, OpReply::DevList { devices, .. } if devices.is_empty()));
     drop(first);
-    let mut again = None;
-    for _ in 0..50 {
-        let (_, reply) = op(
-            addr,
-            OpRequest::Import {
-                busid: "1-1".into(),
-            },
-        )
-        .await;
-        if let OpReply::Import { status: 0, .. } = reply {
-            again = Some(reply);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(again.is_some(), "device never became importable again");
+    assert!(
+        import_when_free(addr, "1-1").await.is_some(),
+        "device never became importable again"
+    );
 }
 
 #[tokio::test]
@@ -436,7 +453,7 @@ async fn bad_clients_are_cut_off_and_others_keep_working() {
         Box::new(|_| raw_urb([1, 1, 0x00ff_00ff, 1, 1, 0, 64, 0, 0, 0])),
     ];
     for make in bad_urbs {
-        let mut bad = Client::import(addr, "1-1").await;
+        let mut bad = import_when_free(addr, "1-1").await.expect("not released");
         let bytes = make(bad.devid);
         bad.stream.write_all(&bytes).await.unwrap();
         expect_closed(&mut bad.stream).await;
@@ -444,7 +461,7 @@ async fn bad_clients_are_cut_off_and_others_keep_working() {
     }
 
     // A client that disconnects with an URB half sent.
-    let mut half = Client::import(addr, "1-1").await;
+    let mut half = import_when_free(addr, "1-1").await.expect("not released");
     let mut out = BytesMut::new();
     CmdMessage::Submit(CmdSubmit {
         header: UrbHeader {
@@ -466,22 +483,10 @@ async fn bad_clients_are_cut_off_and_others_keep_working() {
     let st = good.control_in(0xa1, 0x21, 0, 0, 7).await;
     assert_eq!((st.status, st.actual_length), (0, 7));
     // And the loopback is importable again.
-    let mut ok = false;
-    for _ in 0..50 {
-        let (_, reply) = op(
-            addr,
-            OpRequest::Import {
-                busid: "1-1".into(),
-            },
-        )
-        .await;
-        if matches!(reply, OpReply::Import { status: 0, .. }) {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ok, "loopback not importable after bad clients");
+    assert!(
+        import_when_free(addr, "1-1").await.is_some(),
+        "loopback not importable after bad clients"
+    );
 }
 
 /// URBs left waiting by a client that vanished must not outlive it: if they
@@ -498,29 +503,9 @@ async fn a_vanished_clients_urbs_do_not_leak_into_the_next_import() {
     }
     drop(first);
 
-    let mut second = loop {
-        let (stream, reply) = op(
-            addr,
-            OpRequest::Import {
-                busid: "1-1".into(),
-            },
-        )
-        .await;
-        if let OpReply::Import {
-            status: 0,
-            device: Some(dev),
-        } = reply
-        {
-            break Client {
-                stream,
-                buf: BytesMut::new(),
-                devid: dev.busnum << 16 | dev.devnum,
-                directions: HashMap::new(),
-                next_seqnum: 1,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut second = import_when_free(addr, "1-1")
+        .await
+        .expect("device never became importable again");
     second.configure().await;
     second
         .submit(Direction::Out, 4, SetupPacket::default(), 3, b"abc")
