@@ -553,7 +553,7 @@ vusb_serve
 /// `hrh-exporter` for the HRH guest, with the shared libraries `ldd` names (the loader too,
 /// so that they match), as (path in the guest, contents). The binary is stripped of its debug
 /// information when `objcopy` is at hand: the archive is held in guest memory.
-fn exporter_files() -> Result<Vec<(String, Vec<u8>)>> {
+pub fn exporter_files() -> Result<Vec<(String, Vec<u8>)>> {
     let binary = workspace_binary("hrh-exporter")?;
     let mut files = Vec::new();
     let stripped = tempfile::NamedTempFile::new()?;

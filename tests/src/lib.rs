@@ -22,6 +22,6 @@ mod util;
 pub use assets::{guest_assets, GuestAssets};
 pub use exporter::{workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
-pub use hrh::{boot_client, Hrh, HrhConfig, HrhDevice, Server};
+pub use hrh::{boot_client, exporter_files, Hrh, HrhConfig, HrhDevice, Server};
 pub use remote::{Output, Remote};
 pub use util::{free_port, log_dir, target_dir, wait_until, workspace_root};

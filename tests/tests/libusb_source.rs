@@ -14,11 +14,10 @@
 //! `cargo build --workspace` (or through scripts/test.sh).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use vusb_vm_tests::{log_dir, workspace_binary, workspace_root, Guest, GuestConfig};
+use vusb_vm_tests::{exporter_files, log_dir, workspace_root, Guest, GuestConfig};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -370,46 +369,4 @@ fn positive_samples(path: &Path) -> Result<usize> {
         .chunks_exact(2)
         .filter(|s| i16::from_le_bytes([s[0], s[1]]) > 1000)
         .count())
-}
-
-/// `hrh-exporter` and the shared libraries `ldd` names for it, as (path in the guest,
-/// contents). Debug information is stripped when `objcopy` is at hand: the archive is held in
-/// guest memory.
-fn exporter_files() -> Result<Vec<(String, Vec<u8>)>> {
-    let binary = workspace_binary("hrh-exporter")?;
-    let stripped = tempfile::NamedTempFile::new()?;
-    let contents = match Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(&binary)
-        .arg(stripped.path())
-        .status()
-    {
-        Ok(status) if status.success() => std::fs::read(stripped.path())?,
-        _ => std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
-    };
-    let mut files = vec![("/usr/bin/hrh-exporter".to_owned(), contents)];
-    let out = Command::new("ldd")
-        .arg(&binary)
-        .output()
-        .context("running ldd (package libc-bin)")?;
-    if !out.status.success() {
-        bail!("ldd {} failed", binary.display());
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "name => /path (addr)" for libraries, "/path (addr)" for the loader.
-        let path = match line.split_once("=>") {
-            Some((name, rest)) => match rest.split_whitespace().next() {
-                Some(p) if p.starts_with('/') => p.to_owned(),
-                _ => bail!("ldd cannot find {}: {line}", name.trim()),
-            },
-            None => match line.split_whitespace().next() {
-                Some(p) if p.starts_with('/') => p.to_owned(),
-                _ => continue,
-            },
-        };
-        let contents =
-            std::fs::read(Path::new(&path)).with_context(|| format!("reading {path}"))?;
-        files.push((path, contents));
-    }
-    Ok(files)
 }
