@@ -406,29 +406,46 @@ impl Guest {
     /// after the line the previous call matched, so waiting for the same marker twice waits
     /// for two of them.
     pub fn wait_for_line(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        let cursor = self.cursor;
+        let (index, line) = self.wait_for_test_line(
+            timeout,
+            |lines| {
+                let offset = lines[cursor..]
+                    .iter()
+                    .position(|line| line.contains(pattern))?;
+                Some((cursor + offset, lines[cursor + offset].clone()))
+            },
+            &format!("the guest ended without printing a line containing {pattern:?}"),
+            &format!("no line containing {pattern:?} within {timeout:?}"),
+        )?;
+        self.cursor = index + 1;
+        Ok(line)
+    }
+
+    /// Waits until `found` finds what it looks for in the test channel's lines, woken by each
+    /// new line. Fails with `ended` when the guest closes its output first, and with `late`
+    /// when `timeout` passes.
+    fn wait_for_test_line<T>(
+        &self,
+        timeout: Duration,
+        mut found: impl FnMut(&[String]) -> Option<T>,
+        ended: &str,
+        late: &str,
+    ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         loop {
-            if let Some(offset) = state.test_lines[self.cursor..]
-                .iter()
-                .position(|line| line.contains(pattern))
-            {
-                let index = self.cursor + offset;
-                self.cursor = index + 1;
-                return Ok(state.test_lines[index].clone());
+            if let Some(value) = found(&state.test_lines) {
+                return Ok(value);
             }
             if state.open_streams == 0 {
                 drop(state);
-                return Err(self.failure(&format!(
-                    "the guest ended without printing a line containing {pattern:?}"
-                )));
+                return Err(self.failure(ended));
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(state);
-                return Err(self.failure(&format!(
-                    "no line containing {pattern:?} within {timeout:?}"
-                )));
+                return Err(self.failure(late));
             }
             state = self
                 .shared
@@ -463,42 +480,26 @@ impl Guest {
         if let Some(code) = self.exit_code {
             return Ok(code);
         }
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        let code = loop {
-            if let Some(line) = state
-                .test_lines
-                .iter()
-                .find(|line| line.starts_with(EXIT_MARKER))
-            {
-                let value = &line[EXIT_MARKER.len()..];
-                let code = value.trim().parse::<i32>().map_err(|_| {
-                    anyhow!(
-                        "malformed exit marker {line:?} in {}",
-                        self.log_path.display()
-                    )
-                })?;
-                break code;
-            }
-            if state.open_streams == 0 {
-                drop(state);
-                return Err(self.failure("the guest ended without printing its exit marker"));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                drop(state);
-                return Err(self.failure(&format!(
-                    "the test script did not finish within {timeout:?}"
-                )));
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        };
-        drop(state);
+        let line = self.wait_for_test_line(
+            timeout,
+            |lines| {
+                lines
+                    .iter()
+                    .find(|line| line.starts_with(EXIT_MARKER))
+                    .cloned()
+            },
+            "the guest ended without printing its exit marker",
+            &format!("the test script did not finish within {timeout:?}"),
+        )?;
+        let code = line[EXIT_MARKER.len()..]
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| {
+                anyhow!(
+                    "malformed exit marker {line:?} in {}",
+                    self.log_path.display()
+                )
+            })?;
 
         // The guest powers off right after the marker; give QEMU a moment to notice.
         let exited = crate::util::wait_until(Duration::from_secs(30), || {
