@@ -1,12 +1,11 @@
 //! The guest kernel and base initramfs, built by `guest-images/build-test-initramfs.sh`.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
-use crate::util::{target_dir, workspace_root};
+use crate::util::{run_build_script, target_dir};
 
 /// Paths of the cached guest assets.
 #[derive(Debug, Clone)]
@@ -37,36 +36,20 @@ pub fn guest_assets() -> Result<&'static GuestAssets> {
 }
 
 fn build() -> Result<GuestAssets> {
-    let script = workspace_root().join("guest-images/build-test-initramfs.sh");
+    const SCRIPT: &str = "guest-images/build-test-initramfs.sh";
     let dir = cache_dir();
-    // The script's progress lines go straight to this process's stderr, which the test runner
-    // shows for failing tests.
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !status.success() {
-        bail!(
-            "{} failed ({status}); its error is printed above. It needs root and Debian's \
-             packages (it installs missing ones with apt-get)",
-            script.display()
-        );
-    }
+    run_build_script(
+        SCRIPT,
+        &[&dir],
+        "It needs root and Debian's packages (it installs missing ones with apt-get)",
+    )?;
     let assets = GuestAssets {
         kernel: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.cpio.gz"),
     };
     for path in [&assets.kernel, &assets.initramfs] {
         if !path.is_file() {
-            bail!(
-                "{} succeeded but {} is missing",
-                script.display(),
-                path.display()
-            );
+            bail!("{SCRIPT} succeeded but {} is missing", path.display());
         }
     }
     Ok(assets)

@@ -19,12 +19,11 @@
 //! ```
 
 use std::ffi::OsString;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 
-use crate::util::workspace_root;
+use crate::util::{run_build_script, workspace_root};
 
 /// The oldest QEMU with `vhost-user-test-device-pci`.
 pub const MIN_VERSION: (u32, u32) = (10, 2);
@@ -62,23 +61,11 @@ pub fn ensure_chroot() -> Result<()> {
 }
 
 fn build() -> Result<()> {
-    let script = workspace_root().join("guest-images/build-qemu-chroot.sh");
-    // Progress lines go straight to the test's stderr, which the runner shows on failure.
-    let status = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !status.success() {
-        bail!(
-            "{} failed ({status}); its error is printed above. Building the chroot needs root \
-             and a Debian mirror",
-            script.display()
-        );
-    }
-    Ok(())
+    run_build_script(
+        "guest-images/build-qemu-chroot.sh",
+        &[],
+        "Building the chroot needs root and a Debian mirror",
+    )
 }
 
 /// The `(major, minor)` of a `qemu-system-x86_64 --version` output.

@@ -4,9 +4,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -82,6 +83,28 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs one of the repository's build scripts (a path relative to its root) with `args`.
+/// Its progress lines go straight to this process's stderr, which the test runner shows for
+/// failing tests; on failure, `needs` says what the script requires.
+pub fn run_build_script(script: &str, args: &[&Path], needs: &str) -> Result<()> {
+    let script = workspace_root().join(script);
+    let status = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!(
+            "{} failed ({status}); its error is printed above. {needs}",
+            script.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
