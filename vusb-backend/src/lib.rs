@@ -1,5 +1,20 @@
-//! vusb-backend: the ISP-side daemon that imports USB/IP devices and presents
-//! them to a QEMU guest (vhost-user virtio-usb and usbredir front-ends).
+//! vusb-backend: the ISP-side daemon that imports devices from USB/IP servers
+//! and presents them to a QEMU guest as a virtio-usb host controller over
+//! vhost-user (`docs/virtio-usb.md`).
 //!
-//! Nothing is implemented yet; the crate holds the place the daemon will
-//! take in the workspace.
+//! * [`transfer`]: the vocabulary between the device model and the devices;
+//! * [`virtio_usb`]: the device model — the spec's layouts, descriptor
+//!   chains, the controller's state — with no vhost plumbing;
+//! * [`usbip_client`]: the USB/IP client engine that imports each device;
+//! * [`vhost`]: the vhost-user backend gluing vrings to the model;
+//! * [`remote`], [`config`]: naming devices and the command line.
+
+pub mod config;
+pub mod daemon;
+pub mod remote;
+pub mod sim_driver;
+pub mod transfer;
+pub mod upcalls;
+pub mod usbip_client;
+pub mod vhost_user;
+pub mod virtio_usb;

@@ -1,0 +1,107 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::remote::RemoteDevice;
+use crate::transfer::MAX_PORTS_PER_HUB;
+
+/// Smallest `max_transfer` the spec allows a device to announce.
+const MIN_MAX_TRANSFER: u32 = 64 << 10;
+
+/// Imports devices from USB/IP servers (hrh-exporter or any usbipd) and
+/// presents them to a QEMU guest as a virtio-usb host controller over
+/// vhost-user.
+#[derive(Debug, Parser)]
+#[command(name = "vusb-backend", version)]
+pub struct Args {
+    /// The vhost-user socket to create and listen on; QEMU connects to it
+    /// with `-chardev socket,path=…`. One front-end at a time, across
+    /// reconnects.
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: PathBuf,
+
+    /// A device to import: `tcp://HOST[:PORT]/BUSID` or
+    /// `tcp://HOST[:PORT]/VID:PID` (hex). Repeat for more devices (up to
+    /// 15); device N takes root-hub port N (USB 2.0) or the N-th USB 3 port.
+    #[arg(long = "device", value_name = "URL", required = true)]
+    pub devices: Vec<RemoteDevice>,
+
+    /// Largest transfer the guest may submit, in bytes (at least 65536,
+    /// at most 16 MiB).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_MAX_TRANSFER)..=i64::from(usbip_proto::limits::MAX_TRANSFER_LEN)))]
+    pub max_transfer: u32,
+
+    /// Refuse isochronous transfers (do not offer VIRTIO_USB_F_ISO).
+    #[arg(long)]
+    pub no_iso: bool,
+}
+
+impl Args {
+    /// Checks what clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.devices.len() > usize::from(MAX_PORTS_PER_HUB) {
+            return Err(format!(
+                "{} devices given; one controller takes at most {MAX_PORTS_PER_HUB}",
+                self.devices.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("vusb-backend").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    #[test]
+    fn the_documented_command_line_parses() {
+        let a = parse(&[
+            "--socket-path",
+            "/run/vusb/guest1.sock",
+            "--device",
+            "tcp://hrh:3240/1-1",
+            "--device",
+            "tcp://hrh/1209:0001",
+        ])
+        .unwrap();
+        assert_eq!(a.devices.len(), 2);
+        assert_eq!(a.max_transfer, 1 << 20);
+        assert!(!a.no_iso);
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        let e = parse(&["--socket-path", "/s"]).unwrap_err();
+        assert!(e.contains("--device"), "{e}");
+        let e = parse(&["--socket-path", "/s", "--device", "hrh/1-1"]).unwrap_err();
+        assert!(e.contains("tcp://"), "{e}");
+        let e = parse(&[
+            "--socket-path",
+            "/s",
+            "--device",
+            "tcp://h/1-1",
+            "--max-transfer",
+            "512",
+        ])
+        .unwrap_err();
+        assert!(e.contains("max-transfer"), "{e}");
+        let many: Vec<String> = (1..=16).map(|i| format!("tcp://h/1-{i}")).collect();
+        let mut args = vec!["--socket-path", "/s"];
+        for d in &many {
+            args.extend(["--device", d]);
+        }
+        let e = parse(&args).unwrap_err();
+        assert!(e.contains("at most 15"), "{e}");
+    }
+}

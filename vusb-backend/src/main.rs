@@ -1,0 +1,114 @@
+//! `vusb-backend`: see `vusb-backend --help` and docs/virtio-usb.md.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing::info;
+use vusb_backend::config::Args;
+use vusb_backend::transfer::{PortLayout, Ports, UpcallSink};
+use vusb_backend::usbip_client::UsbipClient;
+use vusb_backend::vhost_user::VusbBackend;
+use vusb_backend::virtio_usb::{Controller, Limits};
+use vusb_backend::{daemon, upcalls};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    if let Err(e) = run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    // Before any thread exists, so every thread inherits the mask and the
+    // signals reach only the waiter below.
+    let signals = termination_signals();
+    block(&signals).context("blocking termination signals")?;
+
+    if let Some(dir) = args.socket_path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let socket = args.socket_path.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || exit_on_signal(&signals, socket))
+        .context("starting the signal thread")?;
+
+    let layout = PortLayout::for_devices(args.devices.len());
+    let (sender, receiver) = upcalls::channel().context("creating the upcall channel")?;
+    for (i, d) in args.devices.iter().enumerate() {
+        info!(
+            device = %d,
+            usb2_port = layout.port_for(i, vusb_backend::transfer::Speed::High),
+            usb3_port = layout.port_for(i, vusb_backend::transfer::Speed::Super),
+            "importing"
+        );
+    }
+    let sink: Arc<dyn UpcallSink> = sender;
+    let client = UsbipClient::start(args.devices.clone(), layout, sink)
+        .context("starting the USB/IP client")?;
+    let ports: Arc<dyn Ports> = Arc::new(client);
+    let limits = Limits {
+        max_transfer: args.max_transfer,
+        max_iso_packets: if args.no_iso {
+            0
+        } else {
+            usbip_proto::limits::MAX_ISO_PACKETS
+        },
+        iso: !args.no_iso,
+    };
+    let mut backend = VusbBackend::new(Controller::new(ports, layout, limits), receiver);
+    backend.set_iso_offered(!args.no_iso);
+    daemon::serve_forever(backend, &args.socket_path)
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set we own; zeroed memory
+    // is a valid starting value for sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+fn block(set: &libc::sigset_t) -> std::io::Result<()> {
+    // SAFETY: the set is initialised and the old mask is not requested.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP, removes the socket and exits.
+fn exit_on_signal(set: &libc::sigset_t, socket: PathBuf) {
+    let mut signal = 0;
+    // SAFETY: the set is initialised; sigwait writes the signal number into
+    // our local.
+    let rc = unsafe { libc::sigwait(set, &mut signal) };
+    if rc == 0 {
+        info!(signal, "exiting");
+    }
+    let _ = std::fs::remove_file(&socket);
+    std::process::exit(0);
+}

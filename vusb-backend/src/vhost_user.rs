@@ -1,0 +1,262 @@
+//! The vhost-user plumbing: vrings in, [`Controller`] calls, used rings out.
+//! Everything virtio-usb specific lives in [`crate::virtio_usb`].
+
+use std::io;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::upcalls::UpcallReceiver;
+use crate::virtio_usb::wire::{
+    CONTROL_QUEUE, EVENT_QUEUE, F_ISO, F_USB3, NUM_QUEUES, REQUEST_QUEUE,
+};
+use crate::virtio_usb::{Controller, Used};
+
+/// The epoll token of the upcall eventfd: the numbers up to `NUM_QUEUES`
+/// belong to the vrings and the library's exit event.
+pub const UPCALL_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+/// Largest queue the driver may set up.
+const MAX_QUEUE_SIZE: usize = 1024;
+
+/// One virtio-usb controller as a vhost-user backend.
+#[derive(Debug)]
+pub struct VusbBackend {
+    controller: Controller,
+    upcalls: UpcallReceiver,
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    event_idx: bool,
+    iso_offered: bool,
+}
+
+impl VusbBackend {
+    pub fn new(controller: Controller, upcalls: UpcallReceiver) -> Self {
+        Self {
+            controller,
+            upcalls,
+            mem: None,
+            event_idx: false,
+            iso_offered: true,
+        }
+    }
+
+    /// Whether to offer `VIRTIO_USB_F_ISO`.
+    pub fn set_iso_offered(&mut self, offered: bool) {
+        self.iso_offered = offered;
+        self.controller.set_iso(false);
+    }
+
+    /// The eventfd to register with the worker's epoll as [`UPCALL_EVENT`].
+    pub fn upcall_fd(&self) -> std::os::fd::RawFd {
+        self.upcalls.fd()
+    }
+
+    /// The front-end went away: its guest memory and chains are gone.
+    pub fn disconnected(&mut self) {
+        self.controller.reset();
+        self.mem = None;
+        self.event_idx = false;
+    }
+
+    fn process_queue(&mut self, vrings: &[VringRwLock], queue: u16) -> io::Result<()> {
+        let Some(atomic) = self.mem.clone() else {
+            return Ok(());
+        };
+        let vring = &vrings[usize::from(queue)];
+        loop {
+            if self.event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let mut used = Vec::new();
+            loop {
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(atomic.memory());
+                let Some(chain) = chain else { break };
+                match queue {
+                    REQUEST_QUEUE => used.extend(self.controller.on_request(chain)),
+                    CONTROL_QUEUE => used.extend(self.controller.on_control(chain)),
+                    _ => used.extend(self.controller.on_event_buffer(chain)),
+                }
+            }
+            give_back(vrings, &used, self.event_idx);
+            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn process_upcalls(&mut self, vrings: &[VringRwLock]) {
+        let upcalls = self.upcalls.drain();
+        if upcalls.is_empty() {
+            return;
+        }
+        // Without a front-end there is no memory, and no chain to write to:
+        // the controller only records port events.
+        let mem = self
+            .mem
+            .as_ref()
+            .map(|m| m.memory().into_inner())
+            .unwrap_or_default();
+        let mut used = Vec::new();
+        for upcall in upcalls {
+            used.extend(self.controller.on_upcall(&*mem, upcall));
+        }
+        if self.mem.is_some() {
+            give_back(vrings, &used, self.event_idx);
+        }
+    }
+}
+
+/// Puts `used` on the used rings and notifies the driver where needed.
+fn give_back(vrings: &[VringRwLock], used: &[Used], event_idx: bool) {
+    let mut touched = [false; NUM_QUEUES];
+    for u in used {
+        let vring = &vrings[usize::from(u.queue)];
+        if let Err(e) = vring.add_used(u.head, u.len) {
+            warn!(queue = u.queue, "add_used: {e}");
+        }
+        touched[usize::from(u.queue)] = true;
+    }
+    for (queue, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+        let vring = &vrings[queue];
+        let notify = !event_idx || vring.needs_notification().unwrap_or(true);
+        if notify {
+            if let Err(e) = vring.signal_used_queue() {
+                warn!(queue, "signalling the driver: {e}");
+            }
+        }
+    }
+}
+
+impl VhostUserBackendMut for VusbBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | if self.iso_offered { F_ISO } else { 0 }
+            | F_USB3
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.controller.set_iso(features & F_ISO != 0);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&mut self) {
+        self.controller.reset();
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.controller.config().to_bytes();
+        // Past the end reads as zeros, as a PCI device's unused space does.
+        let start = u64::from(offset);
+        (start..start + u64::from(size))
+            .map(|i| config.get(i as usize).copied().unwrap_or(0))
+            .collect()
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        // QEMU stops the rings when the driver resets the device: its chains
+        // are abandoned (§7).
+        if queue_index == u32::from(REQUEST_QUEUE) {
+            debug!("rings stopped: resetting the controller");
+            self.controller.reset();
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        match device_event {
+            REQUEST_QUEUE | CONTROL_QUEUE | EVENT_QUEUE => {
+                self.process_queue(vrings, device_event)?
+            }
+            UPCALL_EVENT => self.process_upcalls(vrings),
+            other => warn!(event = other, "unexpected epoll event"),
+        }
+        Ok(())
+    }
+}
+
+/// What a shared, lockable backend looks like to the daemon.
+pub type SharedBackend = Arc<std::sync::RwLock<VusbBackend>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio_usb::wire::CONFIG_LEN;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let (sink, rx) = crate::upcalls::channel().unwrap();
+        drop(sink);
+        struct NoPorts;
+        impl crate::transfer::Ports for NoPorts {
+            fn submit(&self, _: crate::transfer::Transfer) {}
+            fn cancel(&self, _: u8, _: u64) {}
+            fn reset_port(&self, _: u8, _: u64) {}
+        }
+        let controller = Controller::new(
+            Arc::new(NoPorts),
+            crate::transfer::PortLayout::for_devices(2),
+            crate::virtio_usb::Limits {
+                max_transfer: 1 << 20,
+                max_iso_packets: 1024,
+                iso: true,
+            },
+        );
+        let b = VusbBackend::new(controller, rx);
+        assert_eq!(&b.get_config(0, 4), b"vUSB");
+        assert_eq!(b.get_config(8, 2), vec![2, 2]);
+        assert_eq!(b.get_config(20, 8), vec![0; 8]);
+        assert_eq!(b.get_config(u32::MAX, 2), vec![0, 0]);
+        assert_eq!(b.get_config(0, CONFIG_LEN as u32).len(), CONFIG_LEN);
+    }
+}

@@ -1,0 +1,209 @@
+//! The whole backend without QEMU: a simulated guest driver on the
+//! vhost-user socket, the daemon with its real USB/IP client, and an
+//! in-process hrh-exporter with simulated dongles behind it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hrh_exporter::registry::Registry;
+use hrh_exporter::server;
+use hrh_exporter::source::simulated::{SimKind, SimulatedDevice};
+use vusb_backend::remote::RemoteDevice;
+use vusb_backend::sim_driver::{Options, SimDriver};
+use vusb_backend::transfer::{PortLayout, Status};
+use vusb_backend::usbip_client::UsbipClient;
+use vusb_backend::vhost_user::VusbBackend;
+use vusb_backend::virtio_usb::wire::{XferReq, EVT_CONNECT, EVT_DISCONNECT};
+use vusb_backend::virtio_usb::{Controller, Limits};
+use vusb_backend::{daemon, upcalls};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// An hrh-exporter on its own runtime: dropping it closes every connection.
+struct Exporter {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+}
+
+impl Exporter {
+    fn start(kind: SimKind, addr: &str) -> Exporter {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr: SocketAddr = addr.parse().unwrap();
+        let listener = runtime.block_on(async {
+            // The port may linger briefly after a previous exporter.
+            for _ in 0..100 {
+                if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("cannot bind {addr}");
+        });
+        let addr = listener.local_addr().unwrap();
+        let registry = Registry::new();
+        registry.add(Arc::new(SimulatedDevice::new(&kind, 1).unwrap()));
+        runtime.spawn(server::serve(listener, registry));
+        Exporter { runtime, addr }
+    }
+
+    fn stop(self) {
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn start_backend(device: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vusb.sock");
+    let devices: Vec<RemoteDevice> = vec![device.parse().unwrap()];
+    let layout = PortLayout::for_devices(1);
+    let (sender, receiver) = upcalls::channel().unwrap();
+    let client = UsbipClient::start(devices, layout, sender).unwrap();
+    let controller = Controller::new(
+        Arc::new(client),
+        layout,
+        Limits {
+            max_transfer: 1 << 20,
+            max_iso_packets: 1024,
+            iso: true,
+        },
+    );
+    let backend = VusbBackend::new(controller, receiver);
+    let path = socket.clone();
+    std::thread::spawn(move || daemon::serve_forever(backend, &path));
+    wait_for(&socket);
+    (dir, socket)
+}
+
+fn wait_for(socket: &Path) {
+    for _ in 0..500 {
+        if socket.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never appeared", socket.display());
+}
+
+fn control(id: u64, setup: [u8; 8]) -> XferReq {
+    let length = u32::from(u16::from_le_bytes([setup[6], setup[7]]));
+    XferReq {
+        id,
+        port: 1,
+        endpoint: setup[0] & 0x80,
+        kind: 0,
+        flags: 0,
+        length,
+        interval: 0,
+        start_frame: 0,
+        num_iso_packets: 0,
+        setup,
+    }
+}
+
+fn bulk(id: u64, endpoint: u8, length: u32) -> XferReq {
+    XferReq {
+        id,
+        port: 1,
+        endpoint,
+        kind: 2,
+        flags: 0,
+        length,
+        interval: 0,
+        start_frame: 0,
+        num_iso_packets: 0,
+        setup: [0; 8],
+    }
+}
+
+fn set_configuration(d: &mut SimDriver) {
+    d.submit(&control(100, [0, 9, 1, 0, 0, 0, 0, 0]), &[], &[])
+        .unwrap();
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((done.id, done.resp.status), (100, 0));
+}
+
+#[test]
+fn a_remote_loopback_dongle_works_through_the_daemon() {
+    let exporter = Exporter::start(SimKind::Loopback, "127.0.0.1:0");
+    let (_dir, socket) = start_backend(&format!("tcp://{}/1209:0003", exporter.addr));
+    let mut d = SimDriver::connect(&socket, Options::default()).unwrap();
+    let (kind, port, _speed) = d.wait_event(WAIT).unwrap();
+    assert_eq!((kind, port), (EVT_CONNECT, 1));
+
+    // GET_DESCRIPTOR(DEVICE): the dongle's own descriptor, from the network.
+    d.submit(&control(1, [0x80, 6, 0, 1, 0, 0, 18, 0]), &[], &[])
+        .unwrap();
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((done.resp.status, done.resp.actual_length), (0, 18));
+    assert_eq!(&done.data[8..12], &[0x09, 0x12, 0x03, 0x00]);
+
+    set_configuration(&mut d);
+
+    // OUT to the loop endpoint comes back IN, byte for byte.
+    let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 256) as u8).collect();
+    d.submit(&bulk(3, 0x04, 4096), &[], &payload).unwrap();
+    let out = d.wait_transfer(WAIT).unwrap();
+    assert_eq!(
+        (out.id, out.resp.status, out.resp.actual_length),
+        (3, 0, 4096)
+    );
+    d.submit(&bulk(4, 0x83, 4096), &[], &[]).unwrap();
+    let back = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((back.resp.status, back.resp.actual_length), (0, 4096));
+    assert_eq!(back.data, payload);
+
+    // Many in flight on the source endpoint, each with its pattern.
+    for id in 10..74 {
+        d.submit(&bulk(id, 0x81, 16384), &[], &[]).unwrap();
+    }
+    for _ in 10..74 {
+        let done = d.wait_transfer(WAIT).unwrap();
+        assert_eq!(done.resp.status, 0, "request {}", done.id);
+        assert_eq!(done.resp.actual_length, 16384);
+    }
+    exporter.stop();
+}
+
+#[test]
+fn losing_the_exporter_is_a_disconnect_and_its_return_a_connect() {
+    let exporter = Exporter::start(SimKind::Loopback, "127.0.0.1:0");
+    let addr = exporter.addr;
+    let (_dir, socket) = start_backend(&format!("tcp://{addr}/1-1"));
+    let mut d = SimDriver::connect(&socket, Options::default()).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    set_configuration(&mut d);
+    // A loop read with nothing to loop waits on the device.
+    d.submit(&bulk(1, 0x83, 512), &[], &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    exporter.stop();
+    // Failed either by the dying exporter (the device went away) or by the
+    // lost connection.
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!(done.id, 1);
+    assert!(
+        [Status::NoDevice as u32, Status::Shutdown as u32].contains(&done.resp.status),
+        "status {}",
+        done.resp.status
+    );
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_DISCONNECT);
+    d.submit(&bulk(2, 0x81, 512), &[], &[]).unwrap();
+    assert_eq!(
+        d.wait_transfer(WAIT).unwrap().resp.status,
+        Status::NoDevice as u32
+    );
+
+    let exporter = Exporter::start(SimKind::Loopback, &addr.to_string());
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    // A new device as far as the guest knows: configured again.
+    set_configuration(&mut d);
+    d.submit(&bulk(3, 0x81, 512), &[], &[]).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
+    exporter.stop();
+}
