@@ -106,6 +106,11 @@ impl Exporter {
         self.port
     }
 
+    /// How `vusb-backend --device` names the exported device `busid` of this exporter.
+    pub fn device_url(&self, busid: &str) -> String {
+        format!("tcp://127.0.0.1:{}/{busid}", self.port)
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }

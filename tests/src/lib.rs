@@ -9,8 +9,12 @@
 //! Some tests boot two guests ([`hrh`]): one playing the Home Radio Head with real kernel USB
 //! devices and a USB/IP server, one with the stock client. Their scripts serve shell commands
 //! the test sends over the test channel ([`remote`]), so that the test can drive both in turn.
+//!
+//! `vusb-backend` reaches a guest as a virtio device over vhost-user ([`backend`]), which
+//! needs the newer QEMU of [`qemu_chroot`].
 
 pub mod assets;
+pub mod backend;
 pub mod cpio;
 pub mod exporter;
 pub mod guest;
@@ -20,6 +24,7 @@ pub mod remote;
 mod util;
 
 pub use assets::{guest_assets, GuestAssets};
+pub use backend::{vhost_user_usb_args, Backend};
 pub use exporter::{workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
 pub use hrh::{boot_client, exporter_files, Hrh, HrhConfig, HrhDevice, Server};

@@ -1,0 +1,229 @@
+//! Times vusb-backend on its own: a simulated guest driver on the
+//! backend's vhost-user socket submits bulk transfers to a remote loopback
+//! dongle (`hrh-exporter --simulate loopback`), and the same sizes go
+//! through a raw TCP round trip on the same machine for comparison.
+//!
+//! ```text
+//! backend-load --socket /run/vusb/bench.sock [--seconds 2] [--markdown FILE]
+//! ```
+//!
+//! Latency is at depth 1 (one request at a time: the time a guest driver
+//! waits for one transfer); throughput at depth 32 with 64 KiB transfers.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use vusb_backend::sim_driver::{Options, SimDriver};
+use vusb_backend::virtio_usb::wire::{XferReq, EVT_CONNECT};
+use vusb_bench::stats::Latency;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The backend's vhost-user socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Also write the results as a markdown table here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+const SIZES: [u32; 3] = [64, 4096, 65536];
+/// The USB/IP header that precedes every message on the wire.
+const HEADER: usize = 48;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let window = Duration::from_secs_f64(args.seconds);
+    let mut d = SimDriver::connect(
+        &args.socket,
+        Options {
+            queue_size: 256,
+            slot_size: 80 << 10,
+        },
+    )?;
+    let (kind, port, _) = d.wait_event(WAIT).context("waiting for the dongle")?;
+    if kind != EVT_CONNECT || port != 1 {
+        bail!("expected a device on port 1, got event {kind} on port {port}");
+    }
+    configure(&mut d)?;
+
+    let mut rows = Vec::new();
+    for size in SIZES {
+        let backend = latency(&mut d, size, window)?;
+        let tcp = tcp_round_trip(size, window)?;
+        rows.push(format!(
+            "| {size} B | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            us(backend.p50),
+            us(backend.p99),
+            us(tcp.p50),
+            us(tcp.p99),
+            us(backend.p50.saturating_sub(tcp.p50)),
+        ));
+        eprintln!("{}", rows.last().unwrap());
+    }
+    let in_mbs = throughput(&mut d, 0x81, window)?;
+    let out_mbs = throughput(&mut d, 0x02, window)?;
+    let tcp_mbs = tcp_throughput(65536, window)?;
+
+    let mut md = String::new();
+    md.push_str(
+        "Depth 1, bulk IN from the loopback dongle; raw TCP: 48 bytes out, 48 + size back.\n\n",
+    );
+    md.push_str("| size | backend p50 µs | backend p99 µs | raw TCP p50 µs | raw TCP p99 µs | difference p50 µs |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        md.push_str(r);
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "\nThroughput, 64 KiB transfers, 32 in flight: IN {in_mbs:.0} MB/s, OUT {out_mbs:.0} MB/s; \
+         raw TCP one-way stream of 64 KiB messages: {tcp_mbs:.0} MB/s.\n"
+    ));
+    print!("{md}");
+    if let Some(path) = args.markdown {
+        std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn transfer(id: u64, endpoint: u8, length: u32, kind: u8, setup: [u8; 8]) -> XferReq {
+    XferReq {
+        id,
+        port: 1,
+        endpoint,
+        kind,
+        flags: 0,
+        length,
+        interval: 0,
+        start_frame: 0,
+        num_iso_packets: 0,
+        setup,
+    }
+}
+
+fn configure(d: &mut SimDriver) -> Result<()> {
+    d.submit(&transfer(0, 0, 0, 0, [0, 9, 1, 0, 0, 0, 0, 0]), &[], &[])?;
+    let done = d.wait_transfer(WAIT)?;
+    if done.resp.status != 0 {
+        bail!("SET_CONFIGURATION failed: status {}", done.resp.status);
+    }
+    Ok(())
+}
+
+fn latency(d: &mut SimDriver, size: u32, window: Duration) -> Result<Latency> {
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut id = 1;
+    while start.elapsed() < window {
+        let t = Instant::now();
+        d.submit(&transfer(id, 0x81, size, 2, [0; 8]), &[], &[])?;
+        let done = d.wait_transfer(WAIT)?;
+        samples.push(t.elapsed().as_nanos() as u64);
+        if done.resp.status != 0 || done.resp.actual_length != size {
+            bail!("transfer failed: {:?}", done.resp);
+        }
+        id += 1;
+    }
+    Ok(Latency::from_samples(&mut samples))
+}
+
+fn throughput(d: &mut SimDriver, endpoint: u8, window: Duration) -> Result<f64> {
+    const SIZE: u32 = 65536;
+    const DEPTH: u64 = 32;
+    let out = vec![0x5a; SIZE as usize];
+    let payload: &[u8] = if endpoint & 0x80 == 0 { &out } else { &[] };
+    let mut id = 1_000_000;
+    for _ in 0..DEPTH {
+        d.submit(&transfer(id, endpoint, SIZE, 2, [0; 8]), &[], payload)?;
+        id += 1;
+    }
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < window {
+        let done = d.wait_transfer(WAIT)?;
+        if done.resp.status != 0 {
+            bail!("transfer failed: {:?}", done.resp);
+        }
+        bytes += u64::from(done.resp.actual_length);
+        d.submit(&transfer(id, endpoint, SIZE, 2, [0; 8]), &[], payload)?;
+        id += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for _ in 0..DEPTH {
+        d.wait_transfer(WAIT)?;
+    }
+    Ok(bytes as f64 / secs / 1e6)
+}
+
+/// Round trips of a 48-byte request answered by 48 + `size` bytes, the
+/// shape of a USB/IP IN transfer, over TCP on 127.0.0.1.
+fn tcp_round_trip(size: u32, window: Duration) -> Result<Latency> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reply = HEADER + size as usize;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut req = [0u8; HEADER];
+        let answer = vec![0u8; reply];
+        while s.read_exact(&mut req).is_ok() {
+            s.write_all(&answer)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let mut buf = vec![0u8; reply];
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < window {
+        let t = Instant::now();
+        c.write_all(&[0u8; HEADER])?;
+        c.read_exact(&mut buf)?;
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    drop(c);
+    let _ = server.join();
+    Ok(Latency::from_samples(&mut samples))
+}
+
+/// A one-way stream of `size`-byte messages over TCP on 127.0.0.1.
+fn tcp_throughput(size: usize, window: Duration) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr)?;
+    let msg = vec![0u8; size];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < window {
+        c.write_all(&msg)?;
+        sent += size as u64;
+    }
+    drop(c);
+    let secs = start.elapsed().as_secs_f64();
+    let _ = server.join();
+    Ok(sent as f64 / secs / 1e6)
+}

@@ -1,0 +1,266 @@
+//! Running the workspace's `vusb-backend` on the host and attaching it to a guest.
+//!
+//! The backend imports USB/IP devices and serves them to QEMU over vhost-user as the
+//! virtio-usb device of `docs/virtio-usb.md`. QEMU attaches it with
+//! `vhost-user-test-device-pci`, which needs the chroot's QEMU
+//! ([`qemu_chroot`](crate::qemu_chroot)) and shared guest memory
+//! ([`shared_memory_args`](crate::qemu_chroot::shared_memory_args)):
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use vusb_vm_tests::qemu_chroot::{qemu_chroot_command, shared_memory_args};
+//! use vusb_vm_tests::{Backend, Exporter, GuestConfig};
+//!
+//! let exporter = Exporter::spawn("name", ["--simulate", "sensor"])?;
+//! let backend = Backend::spawn("name", ["--device", &exporter.device_url("1-1")])?;
+//! let config = GuestConfig::new("name", "ls /sys/bus/virtio/devices")
+//!     .qemu_command(qemu_chroot_command()?)
+//!     .memory_mib(512)
+//!     .qemu_args(shared_memory_args(512))
+//!     .qemu_args(backend.qemu_args("vusb0"));
+//! # let _ = config;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::exporter::workspace_binary;
+use crate::util::{log_dir, tail_lines};
+
+/// The virtio device ID the backend presents by default (docs/virtio-usb.md §1.1).
+pub const VIRTIO_USB_ID: u16 = 21;
+
+/// Its virtqueues: requestq, controlq, eventq (§3).
+pub const VIRTIO_USB_QUEUES: u32 = 3;
+
+/// The size of its configuration space (§2).
+pub const VIRTIO_USB_CONFIG_SIZE: u32 = 24;
+
+/// The PCI device ID a modern (virtio 1.x) PCI transport gives it: 0x1040 + the device ID.
+pub const VIRTIO_USB_PCI_DEVICE: u16 = 0x1040 + VIRTIO_USB_ID;
+
+/// How long the backend gets to listen on its socket after it starts.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many log lines a failure report shows.
+const TAIL_LINES: usize = 30;
+
+/// A running `vusb-backend` listening on a vhost-user socket of its own. Killed when dropped;
+/// its log is then printed to stderr, which the test runner shows when the test failed.
+#[derive(Debug)]
+pub struct Backend {
+    child: Child,
+    socket: PathBuf,
+    log_path: PathBuf,
+    killed: bool,
+    _socket_dir: tempfile::TempDir,
+}
+
+impl Backend {
+    /// Starts `vusb-backend --socket-path <socket> <args>` and waits until it listens on the
+    /// socket. Its output goes to `<target>/vm-test-logs/<name>.backend.log`.
+    pub fn spawn<I, S>(name: &str, args: I) -> Result<Backend>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let binary = workspace_binary("vusb-backend")?;
+        // A short directory of its own: socket paths are limited to 107 bytes, and QEMU's
+        // option syntax gives commas a meaning.
+        let socket_dir = tempfile::Builder::new()
+            .prefix("vusb-backend-")
+            .tempdir()
+            .context("creating a directory for the vhost-user socket")?;
+        let socket = socket_dir.path().join("vusb.sock");
+        if socket.to_string_lossy().contains(',') {
+            bail!("the socket path {} contains a comma", socket.display());
+        }
+        let log_path = log_dir()?.join(format!("{name}.backend.log"));
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--socket-path")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Plain text: the log is read in files, not on a terminal.
+        cmd.env("NO_COLOR", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut backend = Backend {
+            child,
+            socket,
+            log_path,
+            killed: false,
+            _socket_dir: socket_dir,
+        };
+        backend.wait_listening()?;
+        Ok(backend)
+    }
+
+    /// Waits until the socket is listening. QEMU connects once, at start-up, and gives up at
+    /// once when nobody listens; probing with a connection of our own is no option either, as
+    /// the backend would take it for QEMU's. The kernel's table of Unix sockets tells without
+    /// touching it.
+    fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if is_listening(&self.socket)? {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(self.failure(&format!("exited ({status}) while starting")));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!(
+                    "does not listen on {} after {STARTUP_TIMEOUT:?}",
+                    self.socket.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The vhost-user socket it listens on.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// QEMU arguments that attach this backend to a guest (see [`vhost_user_usb_args`]).
+    pub fn qemu_args(&self, id: &str) -> Vec<String> {
+        vhost_user_usb_args(id, &self.socket)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> Result<String> {
+        std::fs::read_to_string(&self.log_path)
+            .with_context(|| format!("reading {}", self.log_path.display()))
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.killed = true;
+        if self.child.try_wait()?.is_none() {
+            self.child.kill().context("killing vusb-backend")?;
+        }
+        self.child.wait().context("reaping vusb-backend")?;
+        Ok(())
+    }
+
+    fn failure(&self, what: &str) -> anyhow::Error {
+        anyhow!(
+            "vusb-backend {what}\nlog: {}\nlast lines:\n{}",
+            self.log_path.display(),
+            tail_lines(&self.log_path, TAIL_LINES)
+        )
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // A backend that died on its own during a test is worth a line in the report.
+        let died = !self.killed && !self.is_running();
+        let _ = self.kill();
+        eprintln!(
+            "---- vusb-backend{}: log {} (last {TAIL_LINES} lines) ----\n{}\n---- end of vusb-backend ----",
+            if died { " (had exited by itself!)" } else { "" },
+            self.log_path.display(),
+            tail_lines(&self.log_path, TAIL_LINES)
+        );
+    }
+}
+
+/// QEMU arguments that attach the vhost-user backend listening on `socket` as a virtio-usb
+/// device (docs/virtio-usb.md §10). `id` names its chardev and must be unique within one
+/// QEMU. The guest's memory must be shareable:
+/// [`shared_memory_args`](crate::qemu_chroot::shared_memory_args).
+pub fn vhost_user_usb_args(id: &str, socket: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id={id},path={}", socket.display()),
+        "-device".into(),
+        format!(
+            "vhost-user-test-device-pci,chardev={id},virtio-id={VIRTIO_USB_ID},\
+             num_vqs={VIRTIO_USB_QUEUES},config_size={VIRTIO_USB_CONFIG_SIZE}"
+        ),
+    ]
+}
+
+/// Whether a Unix socket bound to `path` is listening, from `/proc/net/unix`.
+fn is_listening(path: &Path) -> Result<bool> {
+    let table = std::fs::read_to_string("/proc/net/unix").context("reading /proc/net/unix")?;
+    Ok(listening_in_table(&table, path))
+}
+
+/// Whether `table` (the format of `/proc/net/unix`) has a listening socket bound to `path`.
+fn listening_in_table(table: &str, path: &Path) -> bool {
+    // Lines: "Num RefCount Protocol Flags Type St Inode Path"; the flag __SO_ACCEPTCON
+    // (0x10000) marks a socket that listen() was called on.
+    const ACCEPTCON: u32 = 0x1_0000;
+    // The path is the rest of the line, spaces and all.
+    let suffix = format!(" {}", path.to_string_lossy());
+    table.lines().skip(1).any(|line| {
+        line.ends_with(&suffix)
+            && line
+                .split_whitespace()
+                .nth(3)
+                .and_then(|flags| u32::from_str_radix(flags, 16).ok())
+                .is_some_and(|flags| flags & ACCEPTCON != 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_args_name_the_socket_and_the_device_layout() {
+        let args = vhost_user_usb_args("vusb0", Path::new("/tmp/x/vusb.sock"));
+        assert_eq!(
+            args,
+            [
+                "-chardev",
+                "socket,id=vusb0,path=/tmp/x/vusb.sock",
+                "-device",
+                "vhost-user-test-device-pci,chardev=vusb0,virtio-id=21,num_vqs=3,config_size=24",
+            ]
+        );
+        assert_eq!(VIRTIO_USB_PCI_DEVICE, 0x1055);
+    }
+
+    #[test]
+    fn only_listening_sockets_count() {
+        let table = "\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 1001 /tmp/a/vusb.sock
+0000000000000000: 00000002 00000000 00000000 0001 01 1002 /tmp/b/vusb.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 1003
+0000000000000000: 00000002 00000000 00010000 0001 01 1004 /x/tmp/c/vusb.sock
+";
+        assert!(listening_in_table(table, Path::new("/tmp/a/vusb.sock")));
+        assert!(!listening_in_table(table, Path::new("/tmp/b/vusb.sock")));
+        assert!(!listening_in_table(table, Path::new("/tmp/c/vusb.sock")));
+    }
+}
