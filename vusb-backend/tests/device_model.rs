@@ -687,3 +687,35 @@ fn reset_cancels_the_devices_work_and_drops_its_answers() {
     assert!(b.untouched(BUF + 0x300, 16));
     assert_eq!(b.upcall(done(4, Status::Ok, &[])).len(), 1);
 }
+
+#[test]
+fn a_failed_iso_request_without_packet_results_gets_one_per_packet() {
+    let mut b = bench();
+    let req = XferReq {
+        kind: 1,
+        num_iso_packets: 2,
+        length: 64,
+        ..bulk(3, 0x81, 0)
+    };
+    let mut head = req.to_bytes().to_vec();
+    for offset in [0, 32] {
+        head.extend(wire::iso_packet_bytes(&vusb_backend::transfer::IsoPacket {
+            offset,
+            length: 32,
+        }));
+    }
+    b.put(BUF, &head);
+    b.request(&[readable(BUF, 56), writable(BUF + 0x200, 96)]);
+    b.upcall(Upcall::Completed(Completion::failed(
+        1,
+        3,
+        Status::NoDevice,
+    )));
+    let no_device = (Status::NoDevice as u32).to_le_bytes();
+    assert_eq!(&b.get(BUF + 0x240, 8)[4..], &no_device);
+    assert_eq!(&b.get(BUF + 0x248, 8)[4..], &no_device);
+    assert_eq!(
+        XferResp::parse(&b.get(BUF + 0x250, 16)).status,
+        Status::NoDevice as u32
+    );
+}

@@ -253,10 +253,10 @@ impl Exporter {
     }
 }
 
-/// An address where nothing listens.
-fn dead_address() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A server that accepts connections and never answers. (An address where
+/// nothing listens could be taken by another test's exporter meanwhile.)
+fn silent_server() -> StdListener {
+    StdListener::bind("127.0.0.1:0").unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -371,9 +371,10 @@ fn submit_without_a_device_fails_at_once() {
     let exporter = Exporter::start(&[SimKind::Loopback]);
     // Device 0 on port 1 (its USB 3 twin is port 3); device 1 never
     // connects (port 2 / 4).
+    let silent = silent_server();
     let (c, rec) = client(vec![
         busid(exporter.addr, "1-1"),
-        busid(dead_address(), "1-1"),
+        busid(silent.local_addr().unwrap(), "1-1"),
     ]);
     rec.connected(1, 1);
     for (id, port) in [(1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (6, 200)] {

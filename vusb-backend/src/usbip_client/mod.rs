@@ -66,9 +66,10 @@ impl fmt::Debug for UsbipClient {
 
 impl UsbipClient {
     /// Starts importing `devices[i]` into device slot `i`; returns at once.
-    /// Upcalls (connects, completions) go to `sink` from the client's own
-    /// threads. Devices beyond what `layout` has ports for are not
-    /// imported.
+    /// Upcalls go to `sink` from the client's threads, or from the thread
+    /// calling a [`Ports`] method when it can answer at once (never with a
+    /// lock held, so the sink may call back). Devices beyond what `layout`
+    /// has ports for are not imported.
     pub fn start(
         devices: Vec<RemoteDevice>,
         layout: PortLayout,

@@ -17,7 +17,8 @@ use super::wire::{self, Config, CtrlReq, XferResp, CONTROL_QUEUE, CTRL_REQ_LEN, 
 use super::wire::{CTRL_CANCEL, CTRL_PORT_RESET, CTRL_RESP_LEN, EVENT_QUEUE, REQUEST_QUEUE};
 use super::wire::{ISO_DESC_LEN, XFER_RESP_LEN};
 use crate::transfer::{
-    Completion, IsoPacket, Port, PortEvent, PortLayout, Ports, Speed, Status, Transfer, Upcall,
+    Completion, IsoPacket, IsoResult, Port, PortEvent, PortLayout, Ports, Speed, Status, Transfer,
+    Upcall,
 };
 
 /// A chain given back to the driver: put `head` on queue `queue`'s used ring
@@ -293,13 +294,24 @@ impl Controller {
         }
     }
 
-    fn complete(&mut self, mem: &(impl GuestMemory + ?Sized), c: Completion) -> Option<Used> {
+    fn complete(&mut self, mem: &(impl GuestMemory + ?Sized), mut c: Completion) -> Option<Used> {
         let Some(t) = self.in_flight.remove(&c.id) else {
             // Completions of chains a reset dropped.
             debug!(tag = c.id, "completion for a request no longer in flight");
             return None;
         };
         self.tags.remove(&t.id);
+        // A request that failed as a whole may come without per-packet
+        // results; the driver still reads one per packet.
+        if c.iso_results.is_empty() && c.status != Status::Ok && c.actual_length == 0 {
+            c.iso_results = vec![
+                IsoResult {
+                    actual_length: 0,
+                    status: c.status,
+                };
+                t.iso_packets.len()
+            ];
+        }
         let resp = match check_completion(&t, &c) {
             Ok(()) => {
                 if let Err(e) = write_results(mem, &t, &c) {
