@@ -23,16 +23,12 @@
 //! # }
 //! ```
 
-use std::ffi::OsStr;
-use std::fs::File;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::exporter::workspace_binary;
-use crate::util::{log_dir, tail_lines};
+use crate::host_daemon::HostDaemon;
 
 /// The virtio device ID the backend presents by default (docs/virtio-usb.md §1.1).
 pub const VIRTIO_USB_ID: u16 = 21;
@@ -46,20 +42,12 @@ pub const VIRTIO_USB_CONFIG_SIZE: u32 = 24;
 /// The PCI device ID a modern (virtio 1.x) PCI transport gives it: 0x1040 + the device ID.
 pub const VIRTIO_USB_PCI_DEVICE: u16 = 0x1040 + VIRTIO_USB_ID;
 
-/// How long the backend gets to listen on its socket after it starts.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How many log lines a failure report shows.
-const TAIL_LINES: usize = 30;
-
 /// A running `vusb-backend` listening on a vhost-user socket of its own. Killed when dropped;
 /// its log is then printed to stderr, which the test runner shows when the test failed.
 #[derive(Debug)]
 pub struct Backend {
-    child: Child,
+    daemon: HostDaemon,
     socket: PathBuf,
-    log_path: PathBuf,
-    killed: bool,
     _socket_dir: tempfile::TempDir,
 }
 
@@ -71,7 +59,6 @@ impl Backend {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let binary = workspace_binary("vusb-backend")?;
         // A short directory of its own: socket paths are limited to 107 bytes, and QEMU's
         // option syntax gives commas a meaning.
         let socket_dir = tempfile::Builder::new()
@@ -82,56 +69,22 @@ impl Backend {
         if socket.to_string_lossy().contains(',') {
             bail!("the socket path {} contains a comma", socket.display());
         }
-        let log_path = log_dir()?.join(format!("{name}.backend.log"));
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = Command::new(&binary);
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // Plain text: the log is read in files, not on a terminal.
-        cmd.env("NO_COLOR", "1");
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut backend = Backend {
-            child,
+        let socket_args: [OsString; 2] = ["--socket-path".into(), socket.clone().into()];
+        let args = socket_args
+            .into_iter()
+            .chain(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let mut daemon = HostDaemon::spawn("vusb-backend", name, "backend", args)?;
+        // QEMU connects once, at start-up, and gives up at once when nobody listens; probing
+        // with a connection of our own is no option either, as the backend would take it for
+        // QEMU's. The kernel's table of Unix sockets tells without touching it.
+        daemon.wait_ready(&format!("does not listen on {}", socket.display()), || {
+            is_listening(&socket)
+        })?;
+        Ok(Backend {
+            daemon,
             socket,
-            log_path,
-            killed: false,
             _socket_dir: socket_dir,
-        };
-        backend.wait_listening()?;
-        Ok(backend)
-    }
-
-    /// Waits until the socket is listening. QEMU connects once, at start-up, and gives up at
-    /// once when nobody listens; probing with a connection of our own is no option either, as
-    /// the backend would take it for QEMU's. The kernel's table of Unix sockets tells without
-    /// touching it.
-    fn wait_listening(&mut self) -> Result<()> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if is_listening(&self.socket)? {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                return Err(self.failure(&format!("exited ({status}) while starting")));
-            }
-            if Instant::now() >= deadline {
-                return Err(self.failure(&format!(
-                    "does not listen on {} after {STARTUP_TIMEOUT:?}",
-                    self.socket.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// The vhost-user socket it listens on.
@@ -145,50 +98,22 @@ impl Backend {
     }
 
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        self.daemon.log_path()
     }
 
     /// Everything it has logged so far.
     pub fn log(&self) -> Result<String> {
-        std::fs::read_to_string(&self.log_path)
-            .with_context(|| format!("reading {}", self.log_path.display()))
+        self.daemon.log()
     }
 
     /// Whether the process is still alive.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.daemon.is_running()
     }
 
     /// Kills it with SIGKILL and reaps it.
     pub fn kill(&mut self) -> Result<()> {
-        self.killed = true;
-        if self.child.try_wait()?.is_none() {
-            self.child.kill().context("killing vusb-backend")?;
-        }
-        self.child.wait().context("reaping vusb-backend")?;
-        Ok(())
-    }
-
-    fn failure(&self, what: &str) -> anyhow::Error {
-        anyhow!(
-            "vusb-backend {what}\nlog: {}\nlast lines:\n{}",
-            self.log_path.display(),
-            tail_lines(&self.log_path, TAIL_LINES)
-        )
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        // A backend that died on its own during a test is worth a line in the report.
-        let died = !self.killed && !self.is_running();
-        let _ = self.kill();
-        eprintln!(
-            "---- vusb-backend{}: log {} (last {TAIL_LINES} lines) ----\n{}\n---- end of vusb-backend ----",
-            if died { " (had exited by itself!)" } else { "" },
-            self.log_path.display(),
-            tail_lines(&self.log_path, TAIL_LINES)
-        );
+        self.daemon.kill()
     }
 }
 

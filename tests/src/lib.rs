@@ -18,6 +18,7 @@ pub mod backend;
 pub mod cpio;
 pub mod exporter;
 pub mod guest;
+mod host_daemon;
 pub mod hrh;
 pub mod qemu_chroot;
 pub mod remote;
