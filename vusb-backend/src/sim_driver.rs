@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::{virtio_config, virtio_ring};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
@@ -28,9 +29,8 @@ use crate::virtio_usb::wire::{
     EVENT_LEN, EVENT_QUEUE, ISO_DESC_LEN, NUM_QUEUES, REQUEST_QUEUE, XFER_RESP_LEN,
 };
 
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
 /// Each ring gets this much room at the start of guest memory.
 const RING_AREA: u64 = 0x10000;
 
@@ -168,11 +168,11 @@ impl SimDriver {
             Frontend::connect(socket, NUM_QUEUES as u64).context("connecting to the backend")?;
         frontend.set_owner()?;
         let features = frontend.get_features()?;
-        if features & VIRTIO_F_VERSION_1 == 0 {
+        if features & (1 << virtio_config::VIRTIO_F_VERSION_1) == 0 {
             bail!("backend does not offer VIRTIO_F_VERSION_1");
         }
         // Everything but EVENT_IDX, which this driver does not keep.
-        let event_idx = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+        let event_idx = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
         frontend.set_features(features & !event_idx)?;
         let protocol = frontend.get_protocol_features()?;
         frontend.set_protocol_features(
@@ -260,7 +260,7 @@ impl SimDriver {
             .free_slots
             .pop()
             .ok_or_else(|| anyhow!("no free slot"))?;
-        let base = self.slots_base + slot as u64 * u64::from(self.options.slot_size);
+        let base = self.slot_addr(slot);
         let mut readable = req.to_bytes().to_vec();
         for p in iso {
             readable.extend(wire::iso_packet_bytes(p));
@@ -334,7 +334,7 @@ impl SimDriver {
             .free_slots
             .pop()
             .ok_or_else(|| anyhow!("no free slot"))?;
-        let base = self.slots_base + slot as u64 * u64::from(self.options.slot_size);
+        let base = self.slot_addr(slot);
         self.mem.write_slice(&req.to_bytes(), GuestAddress(base))?;
         let head = self.add_chain(
             CONTROL_QUEUE,
@@ -355,7 +355,7 @@ impl SimDriver {
             .take()
             .ok_or_else(|| anyhow!("control chain {head} not in flight"))?;
         self.free_slots.push(slot);
-        let base = self.slots_base + slot as u64 * u64::from(self.options.slot_size);
+        let base = self.slot_addr(slot);
         let mut b = [0u8; CTRL_RESP_LEN];
         self.mem.read_slice(&mut b, GuestAddress(base + 64))?;
         Ok((u32::from_le_bytes(b[0..4].try_into().unwrap()), b[4]))
@@ -395,7 +395,7 @@ impl SimDriver {
             .free_slots
             .pop()
             .ok_or_else(|| anyhow!("no free slot"))?;
-        let base = self.slots_base + slot as u64 * u64::from(self.options.slot_size);
+        let base = self.slot_addr(slot);
         Ok((base, self.options.slot_size))
     }
 
@@ -407,6 +407,11 @@ impl SimDriver {
     /// The size of guest memory: addresses from here on lie outside it.
     pub fn memory_size(&self) -> u64 {
         self.mem.last_addr().0 + 1
+    }
+
+    /// Where request slot `slot` starts in guest memory.
+    fn slot_addr(&self, slot: usize) -> u64 {
+        self.slots_base + slot as u64 * u64::from(self.options.slot_size)
     }
 
     fn add_chain(&mut self, queue: u16, descs: &[(u64, u32, bool)]) -> Result<u16> {

@@ -165,6 +165,24 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// A transfer with no flags, setup packet, isochronous packets or OUT
+    /// data; fill in the rest with struct update syntax.
+    pub fn new(id: u64, port: Port, endpoint: u8, kind: TransferKind, length: u32) -> Self {
+        Self {
+            id,
+            port,
+            endpoint,
+            kind,
+            flags: 0,
+            length,
+            interval: 0,
+            start_frame: 0,
+            setup: [0; 8],
+            iso_packets: Vec::new(),
+            out_data: Bytes::new(),
+        }
+    }
+
     pub fn is_in(&self) -> bool {
         self.endpoint & 0x80 != 0
     }

@@ -90,35 +90,13 @@ fn wait_for(socket: &Path) {
     panic!("{} never appeared", socket.display());
 }
 
+/// The dongle sits on port 1.
 fn control(id: u64, setup: [u8; 8]) -> XferReq {
-    let length = u32::from(u16::from_le_bytes([setup[6], setup[7]]));
-    XferReq {
-        id,
-        port: 1,
-        endpoint: setup[0] & 0x80,
-        kind: 0,
-        flags: 0,
-        length,
-        interval: 0,
-        start_frame: 0,
-        num_iso_packets: 0,
-        setup,
-    }
+    XferReq::control(id, 1, setup)
 }
 
 fn bulk(id: u64, endpoint: u8, length: u32) -> XferReq {
-    XferReq {
-        id,
-        port: 1,
-        endpoint,
-        kind: 2,
-        flags: 0,
-        length,
-        interval: 0,
-        start_frame: 0,
-        num_iso_packets: 0,
-        setup: [0; 8],
-    }
+    XferReq::bulk(id, 1, endpoint, length)
 }
 
 fn set_configuration(d: &mut SimDriver) {

@@ -11,8 +11,8 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 use vusb_backend::transfer::{
-    Completion, IsoResult, PortEvent, PortLayout, Ports, Speed, Status, Transfer, TransferKind,
-    Upcall,
+    Completion, IsoPacket, IsoResult, PortEvent, PortLayout, Ports, Speed, Status, Transfer,
+    TransferKind, Upcall,
 };
 use vusb_backend::virtio_usb::wire::{
     self, CtrlReq, XferReq, XferResp, CONTROL_QUEUE, EVENT_QUEUE, REQUEST_QUEUE,
@@ -159,33 +159,27 @@ impl Bench {
 }
 
 fn get_descriptor(id: u64, port: u8) -> XferReq {
-    XferReq {
-        id,
-        port,
-        endpoint: 0x80,
-        kind: 0,
-        flags: 0,
-        length: 18,
-        interval: 0,
-        start_frame: 0,
-        num_iso_packets: 0,
-        setup: [0x80, 6, 0, 1, 0, 0, 18, 0],
-    }
+    XferReq::control(id, port, [0x80, 6, 0, 1, 0, 0, 18, 0])
 }
 
 fn bulk(id: u64, endpoint: u8, length: u32) -> XferReq {
-    XferReq {
-        id,
-        port: 1,
-        endpoint,
-        kind: TransferKind::Bulk as u8,
-        flags: 0,
+    XferReq::bulk(id, 1, endpoint, length)
+}
+
+/// The readable part of an isochronous IN request on port 1, endpoint 0x81: the header, then
+/// one descriptor per `(offset, length)` packet.
+fn iso_in_request(id: u64, length: u32, packets: &[(u32, u32)]) -> Vec<u8> {
+    let req = XferReq {
+        kind: TransferKind::Isochronous as u8,
+        num_iso_packets: packets.len() as u32,
         length,
-        interval: 0,
-        start_frame: 0,
-        num_iso_packets: 0,
-        setup: [0; 8],
+        ..bulk(id, 0x81, 0)
+    };
+    let mut bytes = req.to_bytes().to_vec();
+    for &(offset, length) in packets {
+        bytes.extend(wire::iso_packet_bytes(&IsoPacket { offset, length }));
     }
+    bytes
 }
 
 fn done(id: u64, status: Status, data: &[u8]) -> Upcall {
@@ -387,21 +381,7 @@ fn malformed_requests_are_invalid_and_never_sent() {
 #[test]
 fn iso_packets_outside_the_buffer_are_invalid() {
     let mut b = bench();
-    let req = XferReq {
-        kind: 1,
-        num_iso_packets: 2,
-        length: 64,
-        ..bulk(1, 0x81, 0)
-    };
-    let mut head = req.to_bytes().to_vec();
-    head.extend(wire::iso_packet_bytes(&vusb_backend::transfer::IsoPacket {
-        offset: 0,
-        length: 32,
-    }));
-    head.extend(wire::iso_packet_bytes(&vusb_backend::transfer::IsoPacket {
-        offset: 40,
-        length: 32,
-    }));
+    let head = iso_in_request(1, 64, &[(0, 32), (40, 32)]);
     b.put(BUF, &head);
     let used = b
         .request(&[readable(BUF, 56), writable(BUF + 0x200, 64 + 16 + 16)])
@@ -481,19 +461,7 @@ fn inconsistent_device_answers_fail_with_protocol() {
 #[test]
 fn iso_in_data_lands_at_each_packet_offset() {
     let mut b = bench();
-    let req = XferReq {
-        kind: 1,
-        num_iso_packets: 2,
-        length: 64,
-        ..bulk(3, 0x81, 0)
-    };
-    let mut head = req.to_bytes().to_vec();
-    for offset in [0, 32] {
-        head.extend(wire::iso_packet_bytes(&vusb_backend::transfer::IsoPacket {
-            offset,
-            length: 32,
-        }));
-    }
+    let head = iso_in_request(3, 64, &[(0, 32), (32, 32)]);
     b.put(BUF, &head);
     assert_eq!(
         b.request(&[readable(BUF, 56), writable(BUF + 0x200, 64 + 16 + 16)]),
@@ -691,19 +659,7 @@ fn reset_cancels_the_devices_work_and_drops_its_answers() {
 #[test]
 fn a_failed_iso_request_without_packet_results_gets_one_per_packet() {
     let mut b = bench();
-    let req = XferReq {
-        kind: 1,
-        num_iso_packets: 2,
-        length: 64,
-        ..bulk(3, 0x81, 0)
-    };
-    let mut head = req.to_bytes().to_vec();
-    for offset in [0, 32] {
-        head.extend(wire::iso_packet_bytes(&vusb_backend::transfer::IsoPacket {
-            offset,
-            length: 32,
-        }));
-    }
+    let head = iso_in_request(3, 64, &[(0, 32), (32, 32)]);
     b.put(BUF, &head);
     b.request(&[readable(BUF, 56), writable(BUF + 0x200, 96)]);
     b.upcall(Upcall::Completed(Completion::failed(

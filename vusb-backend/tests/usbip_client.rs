@@ -140,19 +140,7 @@ fn busid(addr: SocketAddr, busid: &str) -> RemoteDevice {
 // Transfers.
 
 fn transfer(id: u64, port: u8, endpoint: u8, kind: TransferKind, length: u32) -> Transfer {
-    Transfer {
-        id,
-        port,
-        endpoint,
-        kind,
-        flags: 0,
-        length,
-        interval: 0,
-        start_frame: 0,
-        setup: [0; 8],
-        iso_packets: Vec::new(),
-        out_data: Bytes::new(),
-    }
+    Transfer::new(id, port, endpoint, kind, length)
 }
 
 fn control_in(id: u64, port: u8, setup: [u8; 8]) -> Transfer {

@@ -114,19 +114,9 @@ fn start_daemon() -> (tempfile::TempDir, PathBuf) {
     (dir, socket)
 }
 
+/// A bulk transfer to the twin on port 1 (IN or OUT by `endpoint`).
 fn bulk_in(id: u64, endpoint: u8, length: u32) -> XferReq {
-    XferReq {
-        id,
-        port: 1,
-        endpoint,
-        kind: 2,
-        flags: 0,
-        length,
-        interval: 0,
-        start_frame: 0,
-        num_iso_packets: 0,
-        setup: [0; 8],
-    }
+    XferReq::bulk(id, 1, endpoint, length)
 }
 
 #[test]

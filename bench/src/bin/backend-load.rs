@@ -98,23 +98,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn transfer(id: u64, endpoint: u8, length: u32, kind: u8, setup: [u8; 8]) -> XferReq {
-    XferReq {
-        id,
-        port: 1,
-        endpoint,
-        kind,
-        flags: 0,
-        length,
-        interval: 0,
-        start_frame: 0,
-        num_iso_packets: 0,
-        setup,
-    }
-}
-
 fn configure(d: &mut SimDriver) -> Result<()> {
-    d.submit(&transfer(0, 0, 0, 0, [0, 9, 1, 0, 0, 0, 0, 0]), &[], &[])?;
+    d.submit(&XferReq::control(0, 1, [0, 9, 1, 0, 0, 0, 0, 0]), &[], &[])?;
     let done = d.wait_transfer(WAIT)?;
     if done.resp.status != 0 {
         bail!("SET_CONFIGURATION failed: status {}", done.resp.status);
@@ -128,7 +113,7 @@ fn latency(d: &mut SimDriver, size: u32, window: Duration) -> Result<Latency> {
     let mut id = 1;
     while start.elapsed() < window {
         let t = Instant::now();
-        d.submit(&transfer(id, 0x81, size, 2, [0; 8]), &[], &[])?;
+        d.submit(&XferReq::bulk(id, 1, 0x81, size), &[], &[])?;
         let done = d.wait_transfer(WAIT)?;
         samples.push(t.elapsed().as_nanos() as u64);
         if done.resp.status != 0 || done.resp.actual_length != size {
@@ -146,7 +131,7 @@ fn throughput(d: &mut SimDriver, endpoint: u8, window: Duration) -> Result<f64> 
     let payload: &[u8] = if endpoint & 0x80 == 0 { &out } else { &[] };
     let mut id = 1_000_000;
     for _ in 0..DEPTH {
-        d.submit(&transfer(id, endpoint, SIZE, 2, [0; 8]), &[], payload)?;
+        d.submit(&XferReq::bulk(id, 1, endpoint, SIZE), &[], payload)?;
         id += 1;
     }
     let start = Instant::now();
@@ -157,7 +142,7 @@ fn throughput(d: &mut SimDriver, endpoint: u8, window: Duration) -> Result<f64> 
             bail!("transfer failed: {:?}", done.resp);
         }
         bytes += u64::from(done.resp.actual_length);
-        d.submit(&transfer(id, endpoint, SIZE, 2, [0; 8]), &[], payload)?;
+        d.submit(&XferReq::bulk(id, 1, endpoint, SIZE), &[], payload)?;
         id += 1;
     }
     let secs = start.elapsed().as_secs_f64();

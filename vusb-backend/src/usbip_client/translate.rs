@@ -288,19 +288,7 @@ mod tests {
     use crate::usbip_client::inflight::{InFlight, ReplyTarget};
 
     fn transfer(endpoint: u8, kind: TransferKind, length: u32) -> Transfer {
-        Transfer {
-            id: 7,
-            port: 2,
-            endpoint,
-            kind,
-            flags: 0,
-            length,
-            interval: 0,
-            start_frame: 0,
-            setup: [0; 8],
-            iso_packets: Vec::new(),
-            out_data: Bytes::new(),
-        }
+        Transfer::new(7, 2, endpoint, kind, length)
     }
 
     /// A request as the bookkeeping holds it.

@@ -27,25 +27,22 @@ pub struct WritableLayout {
 }
 
 impl WritableLayout {
-    pub fn of(req: &XferReq) -> Self {
-        let data_len = if req.is_in() { req.length } else { 0 };
+    fn new(is_in: bool, length: u32, iso_packets: u64) -> Self {
+        let data_len = if is_in { length } else { 0 };
         let iso_results_at = u64::from(data_len);
-        let response_at = iso_results_at + u64::from(req.num_iso_packets) * ISO_DESC_LEN as u64;
         Self {
             data_len,
             iso_results_at,
-            response_at,
+            response_at: iso_results_at + iso_packets * ISO_DESC_LEN as u64,
         }
     }
 
+    pub fn of(req: &XferReq) -> Self {
+        Self::new(req.is_in(), req.length, req.num_iso_packets.into())
+    }
+
     pub fn of_transfer(t: &Transfer) -> Self {
-        let data_len = if t.is_in() { t.length } else { 0 };
-        let iso_results_at = u64::from(data_len);
-        Self {
-            data_len,
-            iso_results_at,
-            response_at: iso_results_at + (t.iso_packets.len() * ISO_DESC_LEN) as u64,
-        }
+        Self::new(t.is_in(), t.length, t.iso_packets.len() as u64)
     }
 
     pub fn total(&self) -> u64 {

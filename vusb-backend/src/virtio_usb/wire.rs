@@ -84,6 +84,34 @@ pub struct XferReq {
 }
 
 impl XferReq {
+    /// A bulk transfer on `endpoint` (bit 7 set for IN) with no flags.
+    pub fn bulk(id: u64, port: Port, endpoint: u8, length: u32) -> Self {
+        Self {
+            id,
+            port,
+            endpoint,
+            kind: TransferKind::Bulk as u8,
+            flags: 0,
+            length,
+            interval: 0,
+            start_frame: 0,
+            num_iso_packets: 0,
+            setup: [0; 8],
+        }
+    }
+
+    /// The control transfer `setup` describes: its direction and length
+    /// come from the setup packet, as the spec requires (§4).
+    pub fn control(id: u64, port: Port, setup: [u8; 8]) -> Self {
+        Self {
+            endpoint: setup[0] & 0x80,
+            kind: TransferKind::Control as u8,
+            length: u32::from(u16::from_le_bytes([setup[6], setup[7]])),
+            setup,
+            ..Self::bulk(id, port, 0, 0)
+        }
+    }
+
     pub fn parse(b: &[u8; XFER_REQ_LEN]) -> Self {
         Self {
             id: le64(b, 0),
@@ -256,18 +284,8 @@ mod tests {
     #[test]
     fn xfer_req_round_trips_the_spec_example() {
         // §9: GET_DESCRIPTOR(DEVICE) on port 2.
-        let req = XferReq {
-            id: 7,
-            port: 2,
-            endpoint: 0x80,
-            kind: 0,
-            flags: 0,
-            length: 18,
-            interval: 0,
-            start_frame: 0,
-            num_iso_packets: 0,
-            setup: [0x80, 6, 0, 1, 0, 0, 0x12, 0],
-        };
+        let req = XferReq::control(7, 2, [0x80, 6, 0, 1, 0, 0, 0x12, 0]);
+        assert_eq!((req.endpoint, req.kind, req.length), (0x80, 0, 18));
         let b = req.to_bytes();
         assert_eq!(&b[..12], &[7, 0, 0, 0, 0, 0, 0, 0, 2, 0x80, 0, 0]);
         assert_eq!(&b[16..20], &[18, 0, 0, 0]);
