@@ -60,13 +60,8 @@ for bin in "$EXPORTER" "$LOADER"; do
 done
 
 # A free port on 127.0.0.1: nothing answers a connection to it.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT=
-for _ in $(seq 50); do
-    candidate=$((20000 + RANDOM % 20000))
-    if ! port_open "$candidate"; then PORT=$candidate; break; fi
-done
-[ -n "$PORT" ] || { echo "no free port found" >&2; exit 1; }
+source scripts/lib/local-ports.sh
+PORT=$(free_local_port)
 
 WORK=$(mktemp -d)
 EXPORTER_PID=
