@@ -73,6 +73,16 @@ wait_for() {
     done
 }
 
+# holds_open PID FILE: the process has FILE open. A reader started in the background is
+# waited for this way, since data that arrives before it opens its file can be lost (the
+# serial gadget drops what comes in while its tty is closed).
+holds_open() {
+    for _fd in /proc/"$1"/fd/*; do
+        [ "$(readlink "$_fd")" = "$2" ] && return 0
+    done
+    return 1
+}
+
 # dead PID: the process is gone (or a zombie waiting to be reaped).
 dead() { [ ! -d "/proc/$1" ] || grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
 "#;
@@ -190,6 +200,7 @@ serial_listen() {
     : >/tmp/serial.in
     cat /dev/ttyGS0 >>/tmp/serial.in 2>/dev/null &
     echo $! >/tmp/serial.pid
+    wait_for 10 holds_open $! /dev/ttyGS0
 }
 serial_send() { printf '%s\n' "$1" >/dev/ttyGS0; }
 serial_expect() { wait_for "$2" grep -q "$1" /tmp/serial.in; }
@@ -280,6 +291,7 @@ serial_listen() {
     : >/tmp/serial.in
     cat /dev/ttyACM0 >>/tmp/serial.in 2>/dev/null &
     echo $! >/tmp/serial.pid
+    wait_for 10 holds_open $! /dev/ttyACM0
 }
 serial_send() { printf '%s\n' "$1" >/dev/ttyACM0; }
 serial_expect() { wait_for "$2" grep -q "$1" /tmp/serial.in; }
