@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark of vusb-backend alone: added latency per request (virtqueue ->
 # USB/IP -> virtqueue) and throughput with the simulated loopback dongle,
-# next to a raw TCP round trip of the same size on the same machine. The
-# guest is simulated by backend-load (vusb_backend::sim_driver), so no QEMU
-# and no guest kernel are timed.
+# next to a plain USB/IP client on a second loopback dongle of the same
+# exporter (the path without the backend) and a raw TCP round trip of the
+# same size on the same machine. The guest is simulated by backend-load
+# (vusb_backend::sim_driver), so no QEMU and no guest kernel are timed.
 #
 #   scripts/bench-backend.sh            2 s per measurement (~20 s once built)
 #   scripts/bench-backend.sh --quick    0.3 s per measurement
@@ -35,8 +36,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> hrh-exporter --simulate loopback on 127.0.0.1:$PORT"
-RUST_LOG=warn target/release/hrh-exporter --listen "127.0.0.1:$PORT" --simulate loopback \
+# Two dongles: 1-1 through the backend, 1-2 for the direct client.
+echo "==> hrh-exporter --simulate loopback (twice) on 127.0.0.1:$PORT"
+RUST_LOG=warn target/release/hrh-exporter --listen "127.0.0.1:$PORT" \
+    --simulate loopback --simulate loopback \
     >"$WORK/exporter.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do port_open "$PORT" && break; sleep 0.1; done
@@ -51,6 +54,7 @@ for _ in $(seq 100); do [ -S "$WORK/vusb.sock" ] && break; sleep 0.1; done
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "==> measuring, ${SECONDS_PER} s each"
 target/release/backend-load --socket "$WORK/vusb.sock" --seconds "$SECONDS_PER" \
+    --direct "127.0.0.1:$PORT/1-2" \
     --markdown "$WORK/results.md"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -62,7 +66,7 @@ MD="$OUT_DIR/backend-$DATE$SUFFIX.md"
     echo
     echo "- Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r); load average $LOAD_BEFORE before, $LOAD_AFTER after."
     echo "- Build: $(rustc --version), release, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)."
-    echo "- Setup: hrh-exporter, vusb-backend and backend-load as three unpinned processes on 127.0.0.1."
+    echo "- Setup: hrh-exporter (two loopback dongles), vusb-backend and backend-load as three unpinned processes on 127.0.0.1; the direct USB/IP client runs inside backend-load on the second dongle."
     echo "- Rerun: \`scripts/bench-backend.sh${SUFFIX:+ --quick}\`."
     echo
     cat "$WORK/results.md"

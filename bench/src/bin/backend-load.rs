@@ -4,14 +4,22 @@
 //! through a raw TCP round trip on the same machine for comparison.
 //!
 //! ```text
-//! backend-load --socket /run/vusb/bench.sock [--seconds 2] [--markdown FILE]
+//! backend-load --socket /run/vusb/bench.sock [--direct 127.0.0.1:3240/1-2]
+//!              [--seconds 2] [--markdown FILE]
 //! ```
+//!
+//! With `--direct`, a plain USB/IP client (the one of `usbip-load`) runs
+//! the same transfers against a second loopback dongle of the same
+//! exporter: the path without the backend. The difference between the two
+//! is what the backend itself adds (virtqueues, vhost-user notifications,
+//! one more process on the way), with the exporter's and the network's
+//! share taken out.
 //!
 //! Latency is at depth 1 (one request at a time: the time a guest driver
 //! waits for one transfer); throughput at depth 32 with 64 KiB transfers.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,7 +27,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use vusb_backend::sim_driver::{Options, SimDriver};
 use vusb_backend::virtio_usb::wire::{XferReq, EVT_CONNECT};
-use vusb_bench::stats::Latency;
+use vusb_bench::client::{Client, LoadSpec, Stop};
+use vusb_bench::stats::{Dir, Latency};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -32,6 +41,23 @@ struct Args {
     /// Also write the results as a markdown table here.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// A second loopback dongle on the same exporter, `ADDR:PORT/BUSID`,
+    /// measured with a plain USB/IP client for comparison.
+    #[arg(long, value_parser = parse_direct)]
+    direct: Option<(SocketAddr, String)>,
+}
+
+fn parse_direct(text: &str) -> Result<(SocketAddr, String), String> {
+    let (addr, busid) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not ADDR:PORT/BUSID"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} is not ADDR:PORT: {e}"))?;
+    if busid.is_empty() {
+        return Err(format!("{text:?} has no bus id"));
+    }
+    Ok((addr, busid.to_owned()))
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -55,19 +81,40 @@ fn main() -> Result<()> {
     }
     configure(&mut d)?;
 
+    let mut direct = match &args.direct {
+        Some((addr, busid)) => Some(Direct::import(*addr, busid)?),
+        None => None,
+    };
+
     let mut rows = Vec::new();
     for size in SIZES {
         let backend = latency(&mut d, size, window)?;
         let tcp = tcp_round_trip(size, window)?;
-        rows.push(format!(
-            "| {size} B | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            us(backend.p50),
-            us(backend.p99),
-            us(tcp.p50),
-            us(tcp.p99),
-            us(backend.p50.saturating_sub(tcp.p50)),
-        ));
-        eprintln!("{}", rows.last().unwrap());
+        let row = match &mut direct {
+            Some(direct) => {
+                let usbip = direct.run(Dir::In, size, 1, window)?.latency;
+                format!(
+                    "| {size} B | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    us(backend.p50),
+                    us(backend.p99),
+                    us(usbip.p50),
+                    us(usbip.p99),
+                    us(tcp.p50),
+                    us(tcp.p99),
+                    us(backend.p50.saturating_sub(usbip.p50)),
+                )
+            }
+            None => format!(
+                "| {size} B | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                us(backend.p50),
+                us(backend.p99),
+                us(tcp.p50),
+                us(tcp.p99),
+                us(backend.p50.saturating_sub(tcp.p50)),
+            ),
+        };
+        eprintln!("{row}");
+        rows.push(row);
     }
     let in_mbs = throughput(&mut d, 0x81, window)?;
     let out_mbs = throughput(&mut d, 0x02, window)?;
@@ -77,21 +124,76 @@ fn main() -> Result<()> {
     md.push_str(
         "Depth 1, bulk IN from the loopback dongle; raw TCP: 48 bytes out, 48 + size back.\n\n",
     );
-    md.push_str("| size | backend p50 µs | backend p99 µs | raw TCP p50 µs | raw TCP p99 µs | difference p50 µs |\n");
-    md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    if direct.is_some() {
+        md.push_str(
+            "| size | backend p50 µs | backend p99 µs | direct USB/IP p50 µs | direct USB/IP p99 µs \
+             | raw TCP p50 µs | raw TCP p99 µs | backend's own share p50 µs |\n",
+        );
+        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    } else {
+        md.push_str("| size | backend p50 µs | backend p99 µs | raw TCP p50 µs | raw TCP p99 µs | difference p50 µs |\n");
+        md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    }
     for r in &rows {
         md.push_str(r);
         md.push('\n');
     }
     md.push_str(&format!(
-        "\nThroughput, 64 KiB transfers, 32 in flight: IN {in_mbs:.0} MB/s, OUT {out_mbs:.0} MB/s; \
-         raw TCP one-way stream of 64 KiB messages: {tcp_mbs:.0} MB/s.\n"
+        "\nThroughput, 64 KiB transfers, 32 in flight: through the backend IN {in_mbs:.0} MB/s, \
+         OUT {out_mbs:.0} MB/s"
+    ));
+    if let Some(direct) = &mut direct {
+        let din = direct.run(Dir::In, 65536, 32, window)?.mb_per_sec();
+        let dout = direct.run(Dir::Out, 65536, 32, window)?.mb_per_sec();
+        md.push_str(&format!(
+            "; direct USB/IP IN {din:.0} MB/s, OUT {dout:.0} MB/s"
+        ));
+    }
+    md.push_str(&format!(
+        "; raw TCP one-way stream of 64 KiB messages: {tcp_mbs:.0} MB/s.\n"
     ));
     print!("{md}");
     if let Some(path) = args.markdown {
         std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// A plain USB/IP client on its own single-threaded runtime, as
+/// `usbip-load` runs it.
+struct Direct {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Direct {
+    fn import(addr: SocketAddr, busid: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = runtime
+            .block_on(Client::import(addr, busid, (1, 2), WAIT))
+            .with_context(|| format!("importing {busid} from {addr} directly"))?;
+        Ok(Self { runtime, client })
+    }
+
+    fn run(
+        &mut self,
+        dir: Dir,
+        size: u32,
+        depth: usize,
+        window: Duration,
+    ) -> Result<vusb_bench::stats::Measurement> {
+        let spec = LoadSpec {
+            dir,
+            size,
+            depth,
+            warmup: Duration::from_millis(200),
+            stop: Stop::After(window),
+            verify: true,
+        };
+        self.runtime.block_on(self.client.run(spec))
+    }
 }
 
 fn us(d: Duration) -> f64 {
