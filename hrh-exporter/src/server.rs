@@ -24,6 +24,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Receive buffer size; grows for larger URBs.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// A client can vanish without a FIN or RST (the ISP side rebooted, a route
+/// gone), and the device it imported would stay claimed, refusing its
+/// return. Keepalive probes after this much silence, every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] times: an idle vanished
+/// client releases its device within about 25 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Replies sent and not acknowledged for this long end the connection (the
+/// busy counterpart of keepalive, which only probes idle connections).
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -62,13 +74,26 @@ pub async fn serve(listener: TcpListener, registry: Registry) -> std::io::Result
     }
 }
 
+/// Socket options of a client connection.
+fn tune(stream: &TcpStream) -> std::io::Result<()> {
+    // URB replies are small and latency-bound; never wait for Nagle.
+    stream.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
 async fn handle_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     registry: Registry,
 ) -> Result<(), ConnectionError> {
-    // URB replies are small and latency-bound; never wait for Nagle.
-    stream.set_nodelay(true)?;
+    tune(&stream)?;
     let mut buf = BytesMut::with_capacity(4096);
     let request = tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -231,5 +256,27 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_connections_notice_a_vanished_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        tune(&stream).unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(stream.nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
     }
 }

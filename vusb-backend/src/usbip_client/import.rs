@@ -18,6 +18,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may take to answer an op request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A home link can vanish without a FIN or RST (a gateway unplugged, a
+/// route gone). Keepalive probes after this much silence, every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] times, then give up: an idle
+/// dead connection is noticed within about 25 s, and its pending requests
+/// fail instead of waiting forever.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Data sent and not acknowledged for this long ends the connection (the
+/// busy counterpart of keepalive, which only probes idle connections).
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a device could not be imported this time.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ImportError {
@@ -68,9 +80,22 @@ async fn connect(remote: &RemoteDevice) -> Result<TcpStream, ImportError> {
         .await
         .map_err(|_| ImportError::ConnectTimeout(CONNECT_TIMEOUT))?
         .map_err(ImportError::Connect)?;
+    tune(&stream)?;
+    Ok(stream)
+}
+
+/// Socket options of a connection to a USB/IP server.
+fn tune(stream: &TcpStream) -> io::Result<()> {
     // URBs are small and latency-bound; never wait for Nagle.
     stream.set_nodelay(true)?;
-    Ok(stream)
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
 /// Sends `request` and reads its reply; returns what followed it too.
@@ -154,5 +179,26 @@ fn imported(stream: TcpStream, leftover: BytesMut, busid: String, d: &DeviceInfo
         devid: (d.busnum << 16) | (d.devnum & 0xffff),
         speed,
         unknown_speed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_to_servers_detect_a_silent_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune(&stream).unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(stream.nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
     }
 }
