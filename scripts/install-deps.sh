@@ -7,8 +7,12 @@ PACKAGES=(
     build-essential pkg-config libusb-1.0-0-dev
     # Guests under test: QEMU, Debian's kernel, busybox and the stock USB/IP tools.
     qemu-system-x86 linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux
+    # Headers of that kernel, to build the guest's virtio-usb driver against.
+    linux-headers-amd64
     # A newer QEMU for vhost-user runs from a Debian trixie chroot.
     debootstrap
+    # Checks of the operators' files: libvirt's schema validator, systemd's unit checker.
+    libvirt-clients libxml2-utils systemd
 )
 
 missing=()
