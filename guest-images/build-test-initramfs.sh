@@ -8,16 +8,19 @@
 #
 # The initramfs is a busybox system with the stock Linux USB/IP tools (usbip, usbipd) and the
 # kernel modules both test roles need: the USB/IP client (vhci-hcd + class drivers) and a
-# simulated home gateway (dummy_hcd + configfs gadgets + usbip-host). Its /init brings up the
+# simulated home gateway (dummy_hcd + configfs gadgets + usbip-host). It also holds this
+# repository's virtio-usb host controller driver, built against the image's kernel
+# (guest-images/build-virtio-usb-hcd.sh), as /opt/virtio-usb-hcd/virtio_usb_hcd.ko: outside the
+# module tree, so that nothing loads it before a test insmods it. Its /init brings up the
 # network of QEMU user networking (guest 10.0.2.15, host reachable at 10.0.2.2), loads
 # vhci-hcd and runs /test.sh, which each test appends as a second cpio archive (the kernel
 # unpacks concatenated archives in order). Test output goes to the second serial port
 # (/dev/ttyS1) so that kernel messages on the console (ttyS0) never split a test's lines; the
 # last line is `VUSB-TEST-EXIT=<exit code of /test.sh>`, then the guest powers off.
 #
-# Rebuilding is skipped when the stamp holds the hash of this script, the kernel version and
-# the versions of the Debian packages the image is made from. Runs as root on Debian 12;
-# missing packages are installed with apt-get.
+# Rebuilding is skipped when the stamp holds the hash of this script, the driver's sources, the
+# kernel version and the versions of the Debian packages the image is made from. Runs as root
+# on Debian 12; missing packages are installed with apt-get.
 set -euo pipefail
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
@@ -71,17 +74,25 @@ KPKG="$(dpkg-query -W -f='${Depends}' linux-image-amd64 | tr ',|' '\n' |
 KVER="${KPKG#linux-image-}"
 KVER="${KVER%-unsigned}"
 VMLINUZ="/boot/vmlinuz-$KVER"
+# The guest's virtio-usb driver is built against this kernel's headers.
+ensure_packages "linux-headers-$KVER"
 MODDIR="/lib/modules/$KVER"
 
 # Input hash: anything that changes the image changes it.
 pkg_versions() {
     local p
-    for p in "$KPKG" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod; do
+    for p in "$KPKG" "linux-headers-$KVER" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod; do
         printf '%s=%s\n' "$p" "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
     done
 }
+DRIVER_SRC="$REPO_ROOT/guest-images/virtio-usb-hcd"
+DRIVER_BUILD="$REPO_ROOT/guest-images/build-virtio-usb-hcd.sh"
 HASH="$({
-    cat "$SELF"
+    cat "$SELF" "$DRIVER_BUILD"
+    for f in "$DRIVER_SRC"/*.[ch] "$DRIVER_SRC"/Makefile; do
+        echo "== ${f##*/}"
+        cat "$f"
+    done
     echo "kernel=$KVER"
     pkg_versions
 } | sha256sum | cut -d' ' -f1)"
@@ -178,6 +189,8 @@ add_module() {
 for m in "${MODULES[@]}"; do
     add_module "$m"
 done
+say "building the virtio-usb host controller driver"
+"$DRIVER_BUILD" "$KVER" "$STAGE/opt/virtio-usb-hcd" || die "building virtio_usb_hcd.ko failed"
 for f in modules.order modules.builtin modules.builtin.modinfo; do
     [ -f "$MODDIR/$f" ] && cp "$MODDIR/$f" "$STAGE$MODDIR/$f"
 done

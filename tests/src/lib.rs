@@ -23,6 +23,7 @@ pub mod hrh;
 pub mod qemu_chroot;
 pub mod remote;
 mod util;
+pub mod vhome_guest;
 
 pub use assets::{guest_assets, GuestAssets};
 pub use backend::{vhost_user_usb_args, Backend};
