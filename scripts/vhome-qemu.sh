@@ -15,6 +15,10 @@
 #   --memory MIB         guest memory (default 1024); all of it shared with the backends
 #   --cpus N             (default 2)
 #   --ssh-port PORT      forward 127.0.0.1:PORT to the guest's port 22
+#   --console FILE       write the serial console to FILE instead of this terminal
+#   --accel auto|kvm|tcg auto (the default) takes KVM when /dev/kvm can be opened and falls
+#                        back to software emulation (TCG) when QEMU cannot start KVM; on a
+#                        host whose KVM starts but does not run guests, say tcg
 #   --qemu PROGRAM       the QEMU to run (default: qemu-system-x86_64 if it is 10.2 or later,
 #                        else scripts/qemu-chroot.sh, the trixie QEMU of the test bed)
 #   --print              print the QEMU command line instead of running it
@@ -32,7 +36,7 @@ die() {
 }
 
 SOCKETS=() DISK='' KERNEL='' INITRD='' APPEND="console=ttyS0" MEMORY=1024 CPUS=2 SSH_PORT='' QEMU=''
-PRINT=0
+CONSOLE='' ACCEL=auto PRINT=0
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,6 +48,8 @@ while [ $# -gt 0 ]; do
     --memory) MEMORY="${2:?--memory needs MiB}"; shift ;;
     --cpus) CPUS="${2:?--cpus needs a number}"; shift ;;
     --ssh-port) SSH_PORT="${2:?--ssh-port needs a port}"; shift ;;
+    --console) CONSOLE="${2:?--console needs a file}"; shift ;;
+    --accel) ACCEL="${2:?--accel needs auto, kvm or tcg}"; shift ;;
     --qemu) QEMU="${2:?--qemu needs a program}"; shift ;;
     --print) PRINT=1 ;;
     --) shift; EXTRA=("$@"); break ;;
@@ -89,12 +95,30 @@ if [ -z "$QEMU" ]; then
     fi
 fi
 
-# KVM where it works, else software emulation: QEMU tries the accelerators in order.
-ARGS=(-nodefaults -no-user-config -display none -accel kvm -accel tcg -cpu max -smp "$CPUS"
+case "$ACCEL" in
+auto)
+    # QEMU tries the accelerators in the order given.
+    if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+        ACCEL_ARGS=(-accel kvm -accel tcg)
+    else
+        ACCEL_ARGS=(-accel tcg)
+    fi
+    ;;
+kvm | tcg) ACCEL_ARGS=(-accel "$ACCEL") ;;
+*) die "--accel must be auto, kvm or tcg" ;;
+esac
+
+ARGS=(-nodefaults -no-user-config -display none "${ACCEL_ARGS[@]}" -cpu max -smp "$CPUS"
     -m "${MEMORY}M"
     # vhost-user backends map guest memory from file descriptors: shared memfd RAM.
     -object "memory-backend-memfd,id=mem,size=${MEMORY}M,share=on" -numa "node,memdev=mem"
-    -serial mon:stdio)
+)
+if [ -n "$CONSOLE" ]; then
+    case "$CONSOLE" in *,*) die "console file $CONSOLE contains a comma" ;; esac
+    ARGS+=(-serial "file:$CONSOLE")
+else
+    ARGS+=(-serial mon:stdio)
+fi
 NETDEV=user,id=n0
 [ -z "$SSH_PORT" ] || NETDEV+=",hostfwd=tcp:127.0.0.1:$SSH_PORT-:22"
 ARGS+=(-netdev "$NETDEV" -device "virtio-net-pci,netdev=n0,romfile=")
