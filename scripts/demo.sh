@@ -82,7 +82,11 @@ timeout -s INT $SHOW_SECONDS cat /dev/ttyACM0 | sed 's/^/[guest]   /'
 echo "[guest] done"
 GUEST
 (cd "$WORK/root" && echo test.sh | cpio -o -H newc --quiet) >"$WORK/test.cpio"
-cat target/guest-images/initramfs.cpio.gz "$WORK/test.cpio" >"$WORK/initrd"
+# The kernel reads concatenated archives, each starting at a multiple of 4 bytes.
+cp target/guest-images/initramfs.cpio.gz "$WORK/initrd"
+size=$(stat -c %s "$WORK/initrd")
+head -c $(((4 - size % 4) % 4)) /dev/zero >>"$WORK/initrd"
+cat "$WORK/test.cpio" >>"$WORK/initrd"
 
 step "booting the vHOME guest (software emulation: about 20 s to boot; console in $WORK/console.log)"
 # The guest's test channel is its second serial port; its console goes to a file. Software
