@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::host_daemon::HostDaemon;
 use crate::util::{free_port, target_dir};
@@ -83,4 +83,14 @@ impl Exporter {
     pub fn kill(&mut self) -> Result<()> {
         self.daemon.kill()
     }
+}
+
+/// An image for `hrh-exporter --simulate pendrive=IMAGE`: `dir/pendrive.img`, `size` bytes of
+/// zeros (sparse, so large ones cost no disk).
+pub fn pendrive_image(dir: &Path, size: u64) -> Result<PathBuf> {
+    let path = dir.join("pendrive.img");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok(path)
 }

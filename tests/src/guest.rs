@@ -402,6 +402,20 @@ impl Guest {
         self.shared.lock().test_lines.clone()
     }
 
+    /// The value of the first test-channel line `KEY=value`.
+    pub fn marker(&self, key: &str) -> Option<String> {
+        self.markers(key).into_iter().next()
+    }
+
+    /// The values of all test-channel lines `KEY=value`, in order.
+    pub fn markers(&self, key: &str) -> Vec<String> {
+        let prefix = format!("{key}=");
+        self.test_lines()
+            .iter()
+            .filter_map(|line| line.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
+            .collect()
+    }
+
     /// Waits for a test-channel line containing `pattern` and returns it. The search starts
     /// after the line the previous call matched, so waiting for the same marker twice waits
     /// for two of them.

@@ -395,6 +395,14 @@ pub fn parse_devices(out: &Output) -> Vec<HrhDevice> {
         .collect()
 }
 
+/// The device called `name` (`acm`, `storage`, …) among `devices`.
+pub fn find_device<'a>(devices: &'a [HrhDevice], name: &str) -> Result<&'a HrhDevice> {
+    devices
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| anyhow!("the HRH has no {name} device: {devices:?}"))
+}
+
 /// What to boot as the HRH.
 #[derive(Debug, Clone)]
 pub struct HrhConfig {

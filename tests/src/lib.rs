@@ -27,8 +27,8 @@ pub mod vhome_guest;
 
 pub use assets::{guest_assets, GuestAssets};
 pub use backend::{vhost_user_usb_args, Backend};
-pub use exporter::{workspace_binary, Exporter};
+pub use exporter::{pendrive_image, workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
-pub use hrh::{boot_client, exporter_files, Hrh, HrhConfig, HrhDevice, Server};
+pub use hrh::{boot_client, exporter_files, find_device, Hrh, HrhConfig, HrhDevice, Server};
 pub use remote::{Output, Remote};
 pub use util::{free_port, log_dir, target_dir, wait_until, workspace_root};

@@ -28,7 +28,7 @@ use vusb_backend::transfer::{Speed, Status, TransferKind};
 use vusb_backend::virtio_usb::wire::{
     CtrlReq, XferReq, CTRL_CANCEL, CTRL_PORT_RESET, EVT_CONNECT, EVT_DISCONNECT,
 };
-use vusb_vm_tests::{Backend, Hrh, HrhConfig, HrhDevice, Server};
+use vusb_vm_tests::{find_device, Backend, Hrh, HrhConfig, HrhDevice, Server};
 
 /// A TCG guest boots in 10–20 s alone; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(180);
@@ -51,9 +51,9 @@ const BLOCK: usize = 512;
 fn vusb_backend_imports_from_stock_usbipd() -> Result<()> {
     let mut hrh = Hrh::boot(HrhConfig::new("backend-stock-usbipd-hrh"))?;
     let devices = hrh.wait_ready(BOOT)?;
-    let acm = device(&devices, "acm")?;
-    let storage = device(&devices, "storage")?;
-    let hid = device(&devices, "hid")?;
+    let acm = find_device(&devices, "acm")?;
+    let storage = find_device(&devices, "storage")?;
+    let hid = find_device(&devices, "hid")?;
     hrh.start_server(Server::Usbipd)?;
 
     // The storage gadget by VID:PID, the others by bus id: both ways of naming a device
@@ -109,13 +109,6 @@ fn vusb_backend_imports_from_stock_usbipd() -> Result<()> {
         "the HRH's script failed at shutdown"
     );
     Ok(())
-}
-
-fn device<'a>(devices: &'a [HrhDevice], name: &str) -> Result<&'a HrhDevice> {
-    devices
-        .iter()
-        .find(|d| d.name == name)
-        .with_context(|| format!("the HRH has no {name} device: {devices:?}"))
 }
 
 /// Waits for `count` CONNECT events; returns port → speed.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use vusb_vm_tests::{Exporter, Guest, GuestConfig};
+use vusb_vm_tests::{pendrive_image, Exporter, Guest, GuestConfig};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -30,22 +30,6 @@ fn all_dongles(image: &Path) -> Vec<String> {
         "--simulate".into(),
         "loopback".into(),
     ]
-}
-
-/// A pendrive image of `size` bytes, all zeros (sparse, so large ones cost no disk).
-fn make_image(dir: &Path, size: u64) -> Result<std::path::PathBuf> {
-    let path = dir.join("pendrive.img");
-    File::create(&path)?.set_len(size)?;
-    Ok(path)
-}
-
-/// The value of the first test-channel line of the form `KEY=value`.
-fn marker_value(guest: &Guest, key: &str) -> Option<String> {
-    let prefix = format!("{key}=");
-    guest
-        .test_lines()
-        .iter()
-        .find_map(|line| line.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
 }
 
 #[test]
@@ -73,7 +57,7 @@ fn boot_smoke() -> Result<()> {
 #[ignore = "boots a QEMU guest; run via scripts/test.sh"]
 fn list_shows_all_simulated_devices() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 64 * MIB)?;
+    let image = pendrive_image(dir.path(), 64 * MIB)?;
     let exporter = Exporter::spawn("list_shows_all_simulated_devices", all_dongles(&image))?;
     let script = r#"
         usbip --tcp-port "$VUSB_PORT" list -r "$VUSB_HOST" >/tmp/list.out 2>&1
@@ -87,7 +71,7 @@ fn list_shows_all_simulated_devices() -> Result<()> {
     guest.wait_for_line("LIST-DONE", BOOT)?;
     assert_eq!(guest.wait_exit(Duration::from_secs(30))?, 0);
 
-    assert_eq!(marker_value(&guest, "LIST-RC").as_deref(), Some("0"));
+    assert_eq!(guest.marker("LIST-RC").as_deref(), Some("0"));
     let listing: Vec<String> = guest
         .test_lines()
         .iter()
@@ -112,7 +96,7 @@ fn list_shows_all_simulated_devices() -> Result<()> {
 #[ignore = "boots a QEMU guest; run via scripts/test.sh"]
 fn sensor_streams_readings_and_echoes() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 64 * MIB)?;
+    let image = pendrive_image(dir.path(), 64 * MIB)?;
     let exporter = Exporter::spawn("sensor_streams_readings_and_echoes", all_dongles(&image))?;
     let script = r#"
         usbip_attach 1-1 || fail "usbip attach 1-1 failed"
@@ -142,12 +126,13 @@ fn sensor_streams_readings_and_echoes() -> Result<()> {
     guest.wait_for_line("SENSOR-DONE", Duration::from_secs(60))?;
     assert_eq!(guest.wait_exit(Duration::from_secs(30))?, 0);
 
-    let readings: u32 = marker_value(&guest, "READINGS")
+    let readings: u32 = guest
+        .marker("READINGS")
         .context("no READINGS marker")?
         .parse()?;
     assert!(readings >= 3, "only {readings} readings within ~12 s");
     assert_eq!(
-        marker_value(&guest, "ECHOED").as_deref(),
+        guest.marker("ECHOED").as_deref(),
         Some("yes"),
         "the line written to /dev/ttyACM0 did not come back"
     );
@@ -159,7 +144,7 @@ fn sensor_streams_readings_and_echoes() -> Result<()> {
 fn pendrive_write_read_back_and_persist() -> Result<()> {
     const DATA_MIB: u64 = 16;
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 64 * MIB)?;
+    let image = pendrive_image(dir.path(), 64 * MIB)?;
     let exporter = Exporter::spawn("pendrive_write_read_back_and_persist", all_dongles(&image))?;
     let script = r#"
         dd if=/dev/urandom of=/tmp/data bs=1M count="$DATA_MIB" 2>/dev/null || fail "no random data"
@@ -191,11 +176,13 @@ fn pendrive_write_read_back_and_persist() -> Result<()> {
     assert_eq!(guest.wait_exit(Duration::from_secs(30))?, 0);
 
     assert_eq!(
-        marker_value(&guest, "SDA-SECTORS").as_deref(),
+        guest.marker("SDA-SECTORS").as_deref(),
         Some((64 * MIB / 512).to_string().as_str()),
         "the guest sees a disk of the wrong size"
     );
-    let guest_hash = marker_value(&guest, "DATA-SHA256").context("no DATA-SHA256 marker")?;
+    let guest_hash = guest
+        .marker("DATA-SHA256")
+        .context("no DATA-SHA256 marker")?;
     let mut head = Vec::new();
     File::open(&image)?
         .take(DATA_MIB * MIB)
@@ -213,7 +200,7 @@ fn pendrive_write_read_back_and_persist() -> Result<()> {
 #[ignore = "boots a QEMU guest; run via scripts/test.sh"]
 fn detach_then_attach_again() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 64 * MIB)?;
+    let image = pendrive_image(dir.path(), 64 * MIB)?;
     let exporter = Exporter::spawn("detach_then_attach_again", all_dongles(&image))?;
     let script = r#"
         attach_both() {
@@ -263,7 +250,7 @@ fn killing_the_exporter_mid_transfer_frees_the_guest() -> Result<()> {
     // Large enough that the read cannot finish between the marker and the kill.
     const READ_MIB: u64 = 240;
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 256 * MIB)?;
+    let image = pendrive_image(dir.path(), 256 * MIB)?;
     let mut exporter = Exporter::spawn(
         "killing_the_exporter_mid_transfer_frees_the_guest",
         all_dongles(&image),
@@ -306,7 +293,7 @@ fn killing_the_exporter_mid_transfer_frees_the_guest() -> Result<()> {
     assert_eq!(guest.wait_exit(Duration::from_secs(30))?, 0);
 
     assert_eq!(
-        marker_value(&guest, "DD-COMPLETE").as_deref(),
+        guest.marker("DD-COMPLETE").as_deref(),
         Some("no"),
         "dd read all {READ_MIB} MiB although the server was killed"
     );

@@ -14,14 +14,16 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use vusb_vm_tests::vhome_guest::{check_console, vhome_config};
-use vusb_vm_tests::{log_dir, wait_until, workspace_binary, Backend, Exporter, Guest};
+use vusb_vm_tests::{
+    log_dir, pendrive_image, wait_until, workspace_binary, Backend, Exporter, Guest,
+};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -85,32 +87,6 @@ impl Host {
     }
 }
 
-/// A pendrive image of `size` bytes, all zeros (sparse).
-fn make_image(dir: &Path, size: u64) -> Result<PathBuf> {
-    let path = dir.join("pendrive.img");
-    File::create(&path)?.set_len(size)?;
-    Ok(path)
-}
-
-/// The value of the first test-channel line `KEY=value`.
-fn marker(guest: &Guest, key: &str) -> Option<String> {
-    let prefix = format!("{key}=");
-    guest
-        .test_lines()
-        .iter()
-        .find_map(|line| line.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
-}
-
-/// The values of all test-channel lines `KEY=value`.
-fn markers(guest: &Guest, key: &str) -> Vec<String> {
-    let prefix = format!("{key}=");
-    guest
-        .test_lines()
-        .iter()
-        .filter_map(|line| line.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
-        .collect()
-}
-
 /// Waits for the script's exit, checks its code and the console.
 fn finish(guest: &mut Guest) -> Result<()> {
     let code = guest.wait_exit(Duration::from_secs(30))?;
@@ -122,7 +98,7 @@ fn finish(guest: &mut Guest) -> Result<()> {
 }
 
 fn assert_enumerated(guest: &Guest, ids: &[&str]) {
-    let lines = markers(guest, "ENUMERATED");
+    let lines = guest.markers("ENUMERATED");
     for id in ids {
         assert!(
             lines.iter().any(|l| l.starts_with(&format!("{id} "))),
@@ -176,13 +152,14 @@ fn virtio_usb_driver_sensor_streams_readings_and_echoes() -> Result<()> {
     finish(&mut guest)?;
 
     assert_enumerated(&guest, &[SENSOR_ID, LOOPBACK_ID]);
-    assert_eq!(marker(&guest, "ACM-DRIVER").as_deref(), Some("cdc_acm"));
-    let readings: u32 = marker(&guest, "READINGS")
+    assert_eq!(guest.marker("ACM-DRIVER").as_deref(), Some("cdc_acm"));
+    let readings: u32 = guest
+        .marker("READINGS")
         .context("no READINGS marker")?
         .parse()?;
     assert!(readings >= 3, "only {readings} readings within ~15 s");
     assert_eq!(
-        marker(&guest, "ECHOED").as_deref(),
+        guest.marker("ECHOED").as_deref(),
         Some("yes"),
         "the line written to /dev/ttyACM0 did not come back"
     );
@@ -191,7 +168,7 @@ fn virtio_usb_driver_sensor_streams_readings_and_echoes() -> Result<()> {
         "closing /dev/ttyACM0 did not finish"
     );
     assert_eq!(
-        marker(&guest, "REOPENED").as_deref(),
+        guest.marker("REOPENED").as_deref(),
         Some("yes"),
         "no readings after reopening /dev/ttyACM0"
     );
@@ -211,7 +188,7 @@ fn virtio_usb_driver_pendrive_write_read_back() -> Result<()> {
     const DATA_MIB: u64 = 16;
     let name = "virtio_usb_driver_pendrive_write_read_back";
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 64 * MIB)?;
+    let image = pendrive_image(dir.path(), 64 * MIB)?;
     let host = Host::start(name, &[Dongle::Pendrive(&image)])?;
     let script = r#"
         dd if=/dev/urandom of=/tmp/data bs=1M count="$DATA_MIB" 2>/dev/null || fail "no random data"
@@ -240,17 +217,16 @@ fn virtio_usb_driver_pendrive_write_read_back() -> Result<()> {
     ));
 
     assert_enumerated(&guest, &[PENDRIVE_ID]);
+    assert_eq!(guest.marker("DISK-DRIVER").as_deref(), Some("usb-storage"));
     assert_eq!(
-        marker(&guest, "DISK-DRIVER").as_deref(),
-        Some("usb-storage")
-    );
-    assert_eq!(
-        marker(&guest, "SDA-SECTORS").as_deref(),
+        guest.marker("SDA-SECTORS").as_deref(),
         Some((64 * MIB / 512).to_string().as_str()),
         "the guest sees a disk of the wrong size"
     );
     // What the guest wrote reached the image on the host.
-    let guest_hash = marker(&guest, "DATA-SHA256").context("no DATA-SHA256 marker")?;
+    let guest_hash = guest
+        .marker("DATA-SHA256")
+        .context("no DATA-SHA256 marker")?;
     let mut head = Vec::new();
     File::open(&image)?
         .take(DATA_MIB * MIB)
@@ -269,7 +245,7 @@ fn virtio_usb_driver_pendrive_write_read_back() -> Result<()> {
 fn virtio_usb_driver_exporter_loss_unplugs_and_its_return_replugs() -> Result<()> {
     let name = "virtio_usb_driver_exporter_loss_unplugs_and_its_return_replugs";
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 256 * MIB)?;
+    let image = pendrive_image(dir.path(), 256 * MIB)?;
     let dongles = [Dongle::Sensor, Dongle::Pendrive(&image)];
     let mut host = Host::start(name, &dongles)?;
     let script = r#"
@@ -325,7 +301,7 @@ fn virtio_usb_driver_exporter_loss_unplugs_and_its_return_replugs() -> Result<()
     guest.wait_for_line("RMMOD-DONE", Duration::from_secs(40))?;
     finish(&mut guest)?;
 
-    let enumerated = markers(&guest, "ENUMERATED");
+    let enumerated = guest.markers("ENUMERATED");
     for id in [SENSOR_ID, PENDRIVE_ID] {
         let times = enumerated
             .iter()
@@ -337,7 +313,7 @@ fn virtio_usb_driver_exporter_loss_unplugs_and_its_return_replugs() -> Result<()
         );
     }
     assert_eq!(
-        marker(&guest, "RH-SUSPENDED").as_deref(),
+        guest.marker("RH-SUSPENDED").as_deref(),
         Some("yes"),
         "the idle root hub did not suspend, so waking it up went untested"
     );
@@ -400,7 +376,7 @@ impl Drop for ChildGuard {
 fn virtio_usb_driver_unloads_with_traffic_running_and_reloads() -> Result<()> {
     let name = "virtio_usb_driver_unloads_with_traffic_running_and_reloads";
     let dir = tempfile::tempdir()?;
-    let image = make_image(dir.path(), 256 * MIB)?;
+    let image = pendrive_image(dir.path(), 256 * MIB)?;
     let host = Host::start(name, &[Dongle::Sensor, Dongle::Pendrive(&image)])?;
     let script = r#"
         load_hcd
@@ -443,12 +419,13 @@ fn virtio_usb_driver_unloads_with_traffic_running_and_reloads() -> Result<()> {
     finish(&mut guest)?;
 
     assert_eq!(
-        marker(&guest, "RMMOD-RC").as_deref(),
+        guest.marker("RMMOD-RC").as_deref(),
         Some("0"),
         "rmmod failed or hung with transfers in flight"
     );
     // Two enumerations of the pendrive: before the unload and after the reload.
-    let pendrives = markers(&guest, "ENUMERATED")
+    let pendrives = guest
+        .markers("ENUMERATED")
         .into_iter()
         .filter(|l| l.starts_with(PENDRIVE_ID))
         .count();

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use vusb_vm_tests::vhome_guest::{boot_vhome, check_console};
-use vusb_vm_tests::{Backend, Hrh, HrhConfig, HrhDevice, Remote, Server};
+use vusb_vm_tests::{find_device, Backend, Hrh, HrhConfig, HrhDevice, Remote, Server};
 
 /// Two TCG guests boot at once on a small machine.
 const BOOT: Duration = Duration::from_secs(180);
@@ -57,13 +57,6 @@ fn virtio_usb_real_devices_from_hrh_exporter_match_stock_usbipd() -> Result<()> 
     Ok(())
 }
 
-fn device<'a>(devices: &'a [HrhDevice], name: &str) -> Result<&'a HrhDevice> {
-    devices
-        .iter()
-        .find(|d| d.name == name)
-        .with_context(|| format!("the HRH has no {name} device: {devices:?}"))
-}
-
 fn scenario(name: &str, server: Server) -> Result<Seen> {
     let mut config = HrhConfig::new(&format!("{name}-hrh")).storage_mib(16);
     if server == Server::HrhExporter {
@@ -71,9 +64,9 @@ fn scenario(name: &str, server: Server) -> Result<Seen> {
     }
     let mut hrh = Hrh::boot(config)?;
     let devices = hrh.wait_ready(BOOT)?;
-    let acm = device(&devices, "acm")?.clone();
-    let storage = device(&devices, "storage")?.clone();
-    let hid = device(&devices, "hid")?.clone();
+    let acm = find_device(&devices, "acm")?.clone();
+    let storage = find_device(&devices, "storage")?.clone();
+    let hid = find_device(&devices, "hid")?.clone();
     hrh.start_server(server)?;
 
     let url = |busid: &str| format!("tcp://127.0.0.1:{}/{busid}", hrh.port());
