@@ -42,6 +42,8 @@ pub struct Options {
     /// Guest memory per request slot: header, iso descriptors, data both
     /// ways and the response must fit.
     pub slot_size: u32,
+    /// Negotiate `VIRTIO_RING_F_EVENT_IDX`, as Linux guests do.
+    pub event_idx: bool,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
         Self {
             queue_size: 256,
             slot_size: 160 << 10,
+            event_idx: false,
         }
     }
 }
@@ -171,9 +174,15 @@ impl SimDriver {
         if features & (1 << virtio_config::VIRTIO_F_VERSION_1) == 0 {
             bail!("backend does not offer VIRTIO_F_VERSION_1");
         }
-        // Everything but EVENT_IDX, which this driver does not keep.
         let event_idx = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-        frontend.set_features(features & !event_idx)?;
+        if options.event_idx {
+            if features & event_idx == 0 {
+                bail!("backend does not offer VIRTIO_RING_F_EVENT_IDX");
+            }
+            frontend.set_features(features)?;
+        } else {
+            frontend.set_features(features & !event_idx)?;
+        }
         let protocol = frontend.get_protocol_features()?;
         frontend.set_protocol_features(
             protocol & (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ),
@@ -234,6 +243,19 @@ impl SimDriver {
         }
         driver.kick(EVENT_QUEUE)?;
         Ok(driver)
+    }
+
+    /// Stops every ring the way QEMU does when the guest resets the device
+    /// (`GET_VRING_BASE`), and returns where each ring stopped.
+    pub fn stop_rings(&mut self) -> Result<Vec<u32>> {
+        (0..NUM_QUEUES)
+            .map(|q| Ok(self.frontend.get_vring_base(q)?))
+            .collect()
+    }
+
+    /// Kicks `queue` without adding anything to it.
+    pub fn kick_queue(&mut self, queue: u16) -> Result<()> {
+        self.kick(queue)
     }
 
     /// The device's configuration space.
@@ -454,6 +476,13 @@ impl SimDriver {
         let deadline = Instant::now() + timeout;
         loop {
             let ring = &self.rings[usize::from(queue)];
+            if self.options.event_idx {
+                // used_event: notify once the entry we wait for is used.
+                let used_event = ring.avail() + 4 + 2 * u64::from(ring.size);
+                self.mem
+                    .write_obj(ring.last_used.to_le(), GuestAddress(used_event))?;
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            }
             let used_idx: u16 = self.mem.read_obj(GuestAddress(ring.used() + 2))?;
             if used_idx != ring.last_used {
                 std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);

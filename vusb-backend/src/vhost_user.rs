@@ -74,6 +74,15 @@ impl VusbBackend {
         };
         let vring = &vrings[usize::from(queue)];
         loop {
+            // A kick can race with QEMU stopping the ring (the guest reset
+            // the device). A stopped ring yields no chains, yet its avail
+            // index may still be ahead of ours: without this check the loop
+            // below would spin, holding the backend, and QEMU's next message
+            // would never be answered.
+            if !vring.get_ref().get_queue().ready() {
+                debug!(queue, "kick on a stopped ring ignored");
+                return Ok(());
+            }
             if self.event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
@@ -124,6 +133,15 @@ fn give_back(vrings: &[VringRwLock], used: &[Used], event_idx: bool) {
     let mut touched = [false; NUM_QUEUES];
     for u in used {
         let vring = &vrings[usize::from(u.queue)];
+        // A stopped ring's memory may already be the guest's again.
+        if !vring.get_ref().get_queue().ready() {
+            debug!(
+                queue = u.queue,
+                head = u.head,
+                "dropping a used entry for a stopped ring"
+            );
+            continue;
+        }
         if let Err(e) = vring.add_used(u.head, u.len) {
             warn!(queue = u.queue, "add_used: {e}");
         }
@@ -233,30 +251,69 @@ mod tests {
     use super::*;
     use crate::virtio_usb::wire::CONFIG_LEN;
 
-    #[test]
-    fn config_reads_are_bounded() {
-        let (sink, rx) = crate::upcalls::channel().unwrap();
-        drop(sink);
+    /// A backend whose ports accept everything and never answer.
+    fn backend_without_devices(ports: usize) -> VusbBackend {
         struct NoPorts;
         impl crate::transfer::Ports for NoPorts {
             fn submit(&self, _: crate::transfer::Transfer) {}
             fn cancel(&self, _: u8, _: u64) {}
             fn reset_port(&self, _: u8, _: u64) {}
         }
+        let (sink, rx) = crate::upcalls::channel().unwrap();
+        drop(sink);
         let controller = Controller::new(
             Arc::new(NoPorts),
-            crate::transfer::PortLayout::for_devices(2),
+            crate::transfer::PortLayout::for_devices(ports),
             crate::virtio_usb::Limits {
                 max_transfer: 1 << 20,
                 max_iso_packets: 1024,
                 iso: true,
             },
         );
-        let b = VusbBackend::new(controller, rx);
+        VusbBackend::new(controller, rx)
+    }
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let b = backend_without_devices(2);
         assert_eq!(&b.get_config(0, 4), b"vUSB");
         assert_eq!(b.get_config(8, 2), vec![2, 2]);
         assert_eq!(b.get_config(20, 8), vec![0; 8]);
         assert_eq!(b.get_config(u32::MAX, 2), vec![0, 0]);
         assert_eq!(b.get_config(0, CONFIG_LEN as u32).len(), CONFIG_LEN);
+    }
+
+    /// The race behind a guest that hung in its reset: QEMU stopped the
+    /// ring while the guest's last chains were still unread.
+    #[test]
+    fn a_kick_on_a_stopped_ring_returns_at_once() {
+        use vm_memory::{Bytes, GuestAddress};
+
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let vrings: Vec<VringRwLock> = (0..NUM_QUEUES)
+            .map(|_| VringRwLock::new(mem.clone(), 256).unwrap())
+            .collect();
+        for v in &vrings {
+            v.set_queue_size(256);
+            v.set_queue_info(0x0, 0x1000, 0x2000).unwrap();
+            v.set_queue_event_idx(true);
+            v.set_queue_ready(false);
+        }
+        // Three chains on the avail ring that the device never took.
+        mem.memory().write_obj(3u16, GuestAddress(0x1002)).unwrap();
+
+        let mut b = backend_without_devices(1);
+        b.update_memory(mem).unwrap();
+        b.set_event_idx(true);
+
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = b.handle_event(REQUEST_QUEUE, EventSet::IN, &vrings, 0);
+            let _ = tx.send(r.is_ok());
+        });
+        let finished = done.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(finished, Ok(true), "handle_event spun on a stopped ring");
     }
 }

@@ -268,3 +268,45 @@ fn a_new_front_end_is_served_and_told_about_the_device_again() {
     let done = d.wait_transfer(WAIT).unwrap();
     assert_eq!((done.id, done.resp.status), (1, 0));
 }
+
+/// A guest that resets the device makes QEMU stop its rings with requests
+/// still on them; the daemon must keep answering (a guest waits in its
+/// reset for that) and serve the next driver.
+#[test]
+fn stopped_rings_are_left_alone_and_the_daemon_keeps_answering() {
+    let (_dir, socket) = start_daemon();
+    let options = Options {
+        event_idx: true,
+        ..Options::default()
+    };
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    d.wait_event(WAIT).unwrap();
+    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
+    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+    d.stop_rings().unwrap();
+    d.kick_queue(REQUEST_QUEUE).unwrap();
+    d.kick_queue(CONTROL_QUEUE).unwrap();
+
+    // Ask for the configuration from another thread: a daemon stuck on
+    // the stopped ring would never answer.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            d.config()
+                .map(|c| c[..4].to_vec())
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let answer = rx
+        .recv_timeout(WAIT)
+        .expect("the daemon stopped answering after its rings were stopped");
+    assert_eq!(answer.unwrap(), b"vUSB");
+
+    // The next driver brings the device up again.
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    d.wait_event(WAIT).unwrap();
+    d.submit(&bulk_in(3, 0x81, 64), &[], &[]).unwrap();
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((done.id, done.resp.status), (3, 0));
+}

@@ -73,6 +73,7 @@ fn main() -> Result<()> {
         Options {
             queue_size: 256,
             slot_size: 80 << 10,
+            ..Options::default()
         },
     )?;
     let (kind, port, _) = d.wait_event(WAIT).context("waiting for the dongle")?;
