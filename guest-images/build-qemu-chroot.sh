@@ -8,9 +8,10 @@
 #
 # DIR defaults to $VUSB_QEMU_CHROOT, then to /var/cache/vusb/qemu-trixie: a machine-wide
 # cache, so that fresh clones of the repository reuse the chroot instead of spending a
-# minute and a few hundred MB on each. DIR/.vusb-stamp records the hash of this script and the
-# QEMU version; the chroot is rebuilt only when the script changed, when QEMU no longer runs
-# inside it (a half-deleted or damaged tree), or with --rebuild.
+# minute and a few hundred MB on each. DIR/.vusb-stamp records the hash of this script (and of
+# guest-images/lib/build-common.sh, which it sources) and the QEMU version; the chroot is rebuilt
+# only when the script changed, when QEMU no longer runs inside it (a half-deleted or damaged
+# tree), or with --rebuild.
 #
 # Building needs root, network access to a Debian mirror (the one apt on the host uses) and
 # debootstrap, which is installed with apt-get when missing. The mirror is the one of the
@@ -19,12 +20,10 @@
 set -euo pipefail
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
-
-say() { echo "build-qemu-chroot: $*" >&2; }
-die() {
-    echo "build-qemu-chroot: error: $*" >&2
-    exit 1
-}
+LIB="$(dirname "$SELF")/lib/build-common.sh"
+BUILD_NAME=build-qemu-chroot
+# shellcheck source=SCRIPTDIR/lib/build-common.sh
+. "$LIB"
 
 REBUILD=0
 DIR_ARG=
@@ -58,7 +57,8 @@ MIN_MINOR=2
 REQUIRED_DEVICE=vhost-user-test-device-pci
 STAMP_NAME=.vusb-stamp
 
-HASH="$(sha256sum "$SELF" | cut -d' ' -f1)"
+# The functions it sources are as much a part of the recipe as the script itself.
+HASH="$(cat "$SELF" "$LIB" | sha256sum | cut -d' ' -f1)"
 
 # Runs a command inside a chroot. Without root, a user namespace in which the caller is root
 # stands in for it (enough to run QEMU there, not to build).
@@ -90,21 +90,6 @@ is_current() {
     [ -n "$version" ] && [ "$version" = "$(stamp_field "$dir" qemu)" ]
 }
 
-# Nothing may be mounted below a tree that is about to be deleted: rm -rf would go on into
-# the host's /dev or /proc.
-has_mounts_below() {
-    findmnt -rn -o TARGET | awk -v d="$1/" 'index($0 "/", d) == 1 { found = 1 } END { exit !found }'
-}
-
-remove_tree() {
-    local dir="$1"
-    [ -e "$dir" ] || return 0
-    if has_mounts_below "$dir"; then
-        die "something is mounted below $dir (see findmnt); unmount it before rebuilding"
-    fi
-    rm -rf --one-file-system -- "$dir"
-}
-
 # The fast path first, without taking the lock: a finished chroot is never modified in place.
 if [ "$REBUILD" = 0 ] && is_current "$ROOT"; then
     say "up to date: $ROOT ($(stamp_field "$ROOT" qemu))"
@@ -116,13 +101,7 @@ fi
 PARENT="$(dirname "$ROOT")"
 NAME="$(basename "$ROOT")"
 mkdir -p "$PARENT" || die "cannot create $PARENT"
-# Concurrent runs (several test processes, several checkouts) build once; the others wait and
-# then find the chroot up to date.
-exec 9>"$PARENT/.$NAME.lock"
-if ! flock -n 9; then
-    say "another build of $ROOT is running; waiting for it"
-    flock 9
-fi
+take_lock "$PARENT/.$NAME.lock" "$ROOT"
 if [ "$REBUILD" = 0 ] && is_current "$ROOT"; then
     say "up to date: $ROOT ($(stamp_field "$ROOT" qemu))"
     exit 0
@@ -148,39 +127,13 @@ for old in "$PARENT/.$NAME".build.* "$PARENT/.$NAME".old.*; do
     remove_tree "$old"
 done
 
-if ! command -v debootstrap >/dev/null; then
-    say "installing debootstrap with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    # The package lists may be empty on a fresh machine: retry once after refreshing them.
-    if ! apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; then
-        apt-get update -qq >&2 || die "apt-get update failed"
-        apt-get install -y -qq --no-install-recommends debootstrap >/dev/null ||
-            die "could not install debootstrap (apt-get install -y debootstrap)"
-    fi
-fi
+need_host_packages debootstrap debootstrap
 [ -e "/usr/share/debootstrap/scripts/$SUITE" ] ||
     die "this debootstrap does not know $SUITE; upgrade the debootstrap package"
 
-# The mirrors apt on the host is configured with (whatever the format of its sources), so that
-# the chroot is fetched from where the host's packages come from.
-HOST_SUITE="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null | tr -d '"' | head -n1)"
-apt_uri_for() {
-    # shellcheck disable=SC2016 # $(…) are apt's format fields, not shell expansions.
-    apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 2>/dev/null |
-        awk -v r="$1" '$1 == r { print $2; exit }'
-}
-MIRROR="${VUSB_DEBIAN_MIRROR:-}"
-SECURITY_MIRROR="${VUSB_DEBIAN_SECURITY_MIRROR:-}"
-if [ -z "$MIRROR" ] && [ -n "$HOST_SUITE" ]; then
-    MIRROR="$(apt_uri_for "$HOST_SUITE")"
-fi
-if [ -z "$SECURITY_MIRROR" ] && [ -n "$HOST_SUITE" ]; then
-    SECURITY_MIRROR="$(apt_uri_for "$HOST_SUITE-security")"
-fi
-[ -n "$MIRROR" ] ||
-    die "cannot tell which Debian mirror apt uses (no '$HOST_SUITE' suite in /etc/apt/sources.list*); set VUSB_DEBIAN_MIRROR"
-MIRROR="${MIRROR%/}"
-SECURITY_MIRROR="${SECURITY_MIRROR%/}"
+# The mirrors apt on the host is configured with, so that the chroot is fetched from where the
+# host's packages come from.
+detect_debian_mirrors
 
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$KEYRING" ] || die "$KEYRING is missing (package debian-archive-keyring)"
@@ -190,35 +143,7 @@ BUILD="$(mktemp -d "$PARENT/.$NAME.build.XXXXXX")"
 chmod 755 "$BUILD"
 LOG="$BUILD.log"
 
-# The long steps run in a session of their own, so that an interrupted build can stop them and
-# everything they started (wget, dpkg, maintainer scripts) before it deletes the tree.
-CHILD=
-run_step() {
-    local rc=0
-    setsid "$@" >"$LOG" 2>&1 &
-    CHILD=$!
-    wait "$CHILD" || rc=$?
-    CHILD=
-    if [ "$rc" -ne 0 ]; then
-        tail -n 30 "$LOG" >&2
-    fi
-    rm -f "$LOG"
-    return "$rc"
-}
-stop_step() {
-    [ -n "$CHILD" ] || return 0
-    local i
-    kill -TERM -- "-$CHILD" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 -- "-$CHILD" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL -- "-$CHILD" 2>/dev/null || true
-    while kill -0 -- "-$CHILD" 2>/dev/null; do
-        sleep 0.1
-    done
-    CHILD=
-}
+# Stops the step under way (run_step) and deletes the unfinished tree.
 cleanup() {
     stop_step
     rm -f "$LOG"
@@ -273,26 +198,12 @@ EOF
 printf '#!/bin/sh\nexit 101\n' >"$BUILD/usr/sbin/policy-rc.d"
 chmod 755 "$BUILD/usr/sbin/policy-rc.d"
 
-# Runs a shell command inside the chroot under construction, with /proc, /sys and /dev
-# mounted in a private mount namespace (so that nothing is left mounted whatever happens).
-run_inside() {
-    # shellcheck disable=SC2016 # the inner script expands its own arguments.
-    run_step unshare --mount --propagation private -- /bin/sh -c '
-        root="$1"; shift
-        mount -t proc proc "$root/proc" &&
-        mount --rbind /sys "$root/sys" &&
-        mount --rbind /dev "$root/dev" &&
-        exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-            DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 /bin/sh -c "$1"' \
-        sh "$BUILD" "$1"
-}
-
 # seabios (the PC BIOS) and qemu-system-data (linuxboot_dma.bin, the option ROM that -kernel
 # boots through) are needed to boot a guest; QEMU depends on both. ipxe-qemu is not needed
 # with romfile= on the NICs, but is a hard dependency too.
 PACKAGES="qemu-system-x86"
 say "installing $PACKAGES from $BACKPORTS (--no-install-recommends)"
-run_inside "apt-get update -q && apt-get install -y -q --no-install-recommends \
+run_in_chroot "$BUILD" "apt-get update -q && apt-get install -y -q --no-install-recommends \
         -t $BACKPORTS $PACKAGES && apt-get clean" ||
     die "installing $PACKAGES inside the chroot failed (last lines above)"
 say "  installed after $((SECONDS - started)) s"

@@ -11,6 +11,7 @@ PACKAGES=(
     linux-headers-amd64
     # A newer QEMU for vhost-user runs from a Debian trixie chroot.
     debootstrap
+    openssh-client # the vHOME image test logs into its guest over ssh
     # Checks of the operators' files: libvirt's schema validator, systemd's unit checker.
     libvirt-clients libxml2-utils systemd
 )

@@ -55,6 +55,9 @@ if [ $RUN_VM = 1 ]; then
     # first, slow build shows progress and stays out of any test's time limit.
     step "QEMU chroot"
     guest-images/build-qemu-chroot.sh
+    # The Debian disk image operators boot, cached likewise; its first build takes minutes.
+    step "vHOME disk image"
+    guest-images/build-vhome-image.sh
     step "tests that boot QEMU guests"
     if [ $NEXTEST = 1 ]; then
         cargo nextest run -p vusb-vm-tests --locked --run-ignored only --no-fail-fast

@@ -12,6 +12,9 @@
 //!
 //! `vusb-backend` reaches a guest as a virtio device over vhost-user ([`backend`]), which
 //! needs the newer QEMU of [`qemu_chroot`].
+//!
+//! The vHOME disk image operators boot ([`vhome_image`](mod@vhome_image)) is a full Debian
+//! system instead, reached over ssh.
 
 pub mod assets;
 pub mod backend;
@@ -24,6 +27,7 @@ pub mod qemu_chroot;
 pub mod remote;
 mod util;
 pub mod vhome_guest;
+pub mod vhome_image;
 
 pub use assets::{guest_assets, GuestAssets};
 pub use backend::{vhost_user_usb_args, Backend};
@@ -31,4 +35,5 @@ pub use exporter::{pendrive_image, workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
 pub use hrh::{boot_client, exporter_files, find_device, Hrh, HrhConfig, HrhDevice, Server};
 pub use remote::{Output, Remote};
-pub use util::{free_port, log_dir, target_dir, wait_until, workspace_root};
+pub use util::{free_port, log_dir, tail_lines, target_dir, wait_until, workspace_root};
+pub use vhome_image::{vhome_image, VhomeImage};
