@@ -157,75 +157,19 @@ impl SimDriver {
             Some(FileOffset::new(file, 0)),
         )])
         .map_err(|e| anyhow!("mapping guest memory: {e:?}"))?;
-        let host = mem
-            .get_host_address(GuestAddress(0))
-            .map_err(|e| anyhow!("{e:?}"))? as u64;
-        let region = mem.find_region(GuestAddress(0)).expect("one region");
-        let handle = region
-            .file_offset()
-            .expect("file-backed")
-            .file()
-            .as_raw_fd();
-
-        let mut frontend =
-            Frontend::connect(socket, NUM_QUEUES as u64).context("connecting to the backend")?;
-        frontend.set_owner()?;
-        let features = frontend.get_features()?;
-        if features & (1 << virtio_config::VIRTIO_F_VERSION_1) == 0 {
-            bail!("backend does not offer VIRTIO_F_VERSION_1");
-        }
-        let event_idx = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-        if options.event_idx {
-            if features & event_idx == 0 {
-                bail!("backend does not offer VIRTIO_RING_F_EVENT_IDX");
-            }
-            frontend.set_features(features)?;
-        } else {
-            frontend.set_features(features & !event_idx)?;
-        }
-        let protocol = frontend.get_protocol_features()?;
-        frontend.set_protocol_features(
-            protocol & (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ),
-        )?;
-        frontend.set_mem_table(&[VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: mem_size,
-            userspace_addr: host,
-            mmap_offset: 0,
-            mmap_handle: handle,
-        }])?;
-
         let mut rings = Vec::new();
         for q in 0..NUM_QUEUES {
-            let base = RING_AREA * q as u64;
-            let ring = Ring {
-                base,
+            rings.push(Ring {
+                base: RING_AREA * q as u64,
                 size,
                 free: (0..size).rev().collect(),
                 avail_idx: 0,
                 last_used: 0,
                 kick: EventFd::new(EFD_NONBLOCK)?,
                 call: EventFd::new(EFD_NONBLOCK)?,
-            };
-            frontend.set_vring_num(q, size)?;
-            frontend.set_vring_addr(
-                q,
-                &VringConfigData {
-                    queue_max_size: size,
-                    queue_size: size,
-                    flags: 0,
-                    desc_table_addr: host + ring.base,
-                    used_ring_addr: host + ring.used(),
-                    avail_ring_addr: host + ring.avail(),
-                    log_addr: None,
-                },
-            )?;
-            frontend.set_vring_base(q, 0)?;
-            frontend.set_vring_call(q, &ring.call)?;
-            frontend.set_vring_kick(q, &ring.kick)?;
-            frontend.set_vring_enable(q, true)?;
-            rings.push(ring);
+            });
         }
+        let frontend = attach(socket, &mem, &rings, options, [0; NUM_QUEUES])?;
         let mut driver = Self {
             frontend,
             mem,
@@ -251,6 +195,22 @@ impl SimDriver {
         (0..NUM_QUEUES)
             .map(|q| Ok(self.frontend.get_vring_base(q)?))
             .collect()
+    }
+
+    /// Connects again, the way QEMU does when its back-end restarted: same
+    /// guest memory, each ring resuming from its used index (the requests
+    /// the old back-end never finished stay on the rings).
+    pub fn reconnect(&mut self, socket: &Path) -> Result<()> {
+        let mut bases = [0; NUM_QUEUES];
+        for (q, ring) in self.rings.iter().enumerate() {
+            bases[q] = self.mem.read_obj(GuestAddress(ring.used() + 2))?;
+        }
+        // The back-end serves one front-end at a time: hang up first.
+        // SAFETY: shutdown on the connection's own descriptor, which stays
+        // open (and owned by the old Frontend) until it is replaced.
+        unsafe { libc::shutdown(self.frontend.as_raw_fd(), libc::SHUT_RDWR) };
+        self.frontend = attach(socket, &self.mem, &self.rings, self.options, bases)?;
+        Ok(())
     }
 
     /// Kicks `queue` without adding anything to it.
@@ -528,4 +488,75 @@ impl SimDriver {
         }
         bail!("descriptor chain at {head} loops")
     }
+}
+
+/// The vhost-user handshake QEMU does when it (re)connects to a back-end:
+/// features, memory table, then each ring starting at `bases`.
+fn attach(
+    socket: &Path,
+    mem: &GuestMemoryMmap,
+    rings: &[Ring],
+    options: Options,
+    bases: [u16; NUM_QUEUES],
+) -> Result<Frontend> {
+    let host = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| anyhow!("{e:?}"))? as u64;
+    let region = mem.find_region(GuestAddress(0)).expect("one region");
+    let handle = region
+        .file_offset()
+        .expect("file-backed")
+        .file()
+        .as_raw_fd();
+    let mem_size = region.len();
+
+    let mut frontend =
+        Frontend::connect(socket, NUM_QUEUES as u64).context("connecting to the backend")?;
+    frontend.set_owner()?;
+    let features = frontend.get_features()?;
+    if features & (1 << virtio_config::VIRTIO_F_VERSION_1) == 0 {
+        bail!("backend does not offer VIRTIO_F_VERSION_1");
+    }
+    let event_idx = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    if options.event_idx {
+        if features & event_idx == 0 {
+            bail!("backend does not offer VIRTIO_RING_F_EVENT_IDX");
+        }
+        frontend.set_features(features)?;
+    } else {
+        frontend.set_features(features & !event_idx)?;
+    }
+    let protocol = frontend.get_protocol_features()?;
+    frontend.set_protocol_features(
+        protocol & (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ),
+    )?;
+    frontend.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: mem_size,
+        userspace_addr: host,
+        mmap_offset: 0,
+        mmap_handle: handle,
+    }])?;
+    for (q, ring) in rings.iter().enumerate() {
+        frontend.set_vring_num(q, ring.size)?;
+        frontend.set_vring_addr(
+            q,
+            &VringConfigData {
+                queue_max_size: ring.size,
+                queue_size: ring.size,
+                flags: 0,
+                desc_table_addr: host + ring.base,
+                used_ring_addr: host + ring.used(),
+                avail_ring_addr: host + ring.avail(),
+                log_addr: None,
+            },
+        )?;
+        frontend.set_vring_base(q, bases[q])?;
+        frontend.set_vring_call(q, &ring.call)?;
+        frontend.set_vring_kick(q, &ring.kick)?;
+        frontend.set_vring_enable(q, true)?;
+        // QEMU starts every ring with its notifier signalled.
+        ring.kick.write(1)?;
+    }
+    Ok(frontend)
 }

@@ -37,6 +37,8 @@ pub struct VusbBackend {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     event_idx: bool,
     iso_offered: bool,
+    /// Per ring: whether its starting point was checked since it started.
+    ring_checked: [bool; NUM_QUEUES],
 }
 
 impl VusbBackend {
@@ -47,6 +49,7 @@ impl VusbBackend {
             mem: None,
             event_idx: false,
             iso_offered: true,
+            ring_checked: [false; NUM_QUEUES],
         }
     }
 
@@ -66,6 +69,27 @@ impl VusbBackend {
         self.controller.reset();
         self.mem = None;
         self.event_idx = false;
+        self.ring_checked = [false; NUM_QUEUES];
+    }
+
+    /// A driver's rings start at 0. One that starts further on was running
+    /// before we were (we were restarted and QEMU reconnected, resuming
+    /// from the used index) or before its rings were stopped: either way
+    /// the chains it has out are beyond what we know (§7.1).
+    fn check_ring_start(&mut self, vring: &VringRwLock, queue: u16) {
+        let checked = &mut self.ring_checked[usize::from(queue)];
+        if *checked {
+            return;
+        }
+        *checked = true;
+        let start = vring.get_ref().get_queue().next_avail();
+        if start != 0 && !self.controller.halted() {
+            warn!(
+                queue,
+                start, "the driver's rings were running before this device state: asking it to reset the device"
+            );
+            self.controller.lost_driver_state();
+        }
     }
 
     fn process_queue(&mut self, vrings: &[VringRwLock], queue: u16) -> io::Result<()> {
@@ -81,6 +105,16 @@ impl VusbBackend {
             // would never be answered.
             if !vring.get_ref().get_queue().ready() {
                 debug!(queue, "kick on a stopped ring ignored");
+                return Ok(());
+            }
+            let was_halted = self.controller.halted();
+            self.check_ring_start(vring, queue);
+            if self.controller.halted() && queue != EVENT_QUEUE {
+                if !was_halted {
+                    // RESTARTED goes out on a buffer the driver stocked.
+                    self.process_queue(vrings, EVENT_QUEUE)?;
+                }
+                // Left on the ring: the driver's reset discards them.
                 return Ok(());
             }
             if self.event_idx {
@@ -221,6 +255,9 @@ impl VhostUserBackendMut for VusbBackend {
         if queue_index == u32::from(REQUEST_QUEUE) {
             debug!("rings stopped: resetting the controller");
             self.controller.reset();
+        }
+        if let Some(checked) = self.ring_checked.get_mut(queue_index as usize) {
+            *checked = false;
         }
         Ok(())
     }

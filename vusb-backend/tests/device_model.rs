@@ -675,3 +675,46 @@ fn a_failed_iso_request_without_packet_results_gets_one_per_packet() {
         Status::NoDevice as u32
     );
 }
+
+#[test]
+fn lost_driver_state_sends_restarted_first_and_serves_nothing_until_reset() {
+    let mut b = bench();
+    let connect = PortEvent::Connected {
+        port: 1,
+        speed: Speed::High,
+    };
+    b.upcall(Upcall::Event(connect));
+    assert_eq!(b.event_buffer(BUF + 0x400).len(), 1);
+    b.put(BUF + 0x100, &get_descriptor(7, 1).to_bytes());
+    let chain = [readable(BUF + 0x100, 40), writable(BUF + 0x200, 18 + 16)];
+    assert!(b.request(&chain).is_none());
+    assert_eq!(b.submitted().len(), 1);
+
+    b.ctl.lost_driver_state();
+    assert!(b.ctl.halted());
+    assert_eq!(
+        b.ports.cancelled.lock().unwrap().len(),
+        1,
+        "the devices' work on the lost request was not cancelled"
+    );
+    // A port event meanwhile waits for the reset's announcement.
+    let gone = PortEvent::Disconnected { port: 1 };
+    assert!(b.upcall(Upcall::Event(gone)).is_empty());
+    assert_eq!(b.event_buffer(BUF + 0x410).len(), 1);
+    assert_eq!(b.get(BUF + 0x410, 8), wire::restarted_event_bytes());
+    assert!(
+        b.event_buffer(BUF + 0x420).is_empty(),
+        "only RESTARTED goes out"
+    );
+    // Chains that reach the controller anyway are not served.
+    b.put(BUF + 0x100, &get_descriptor(8, 1).to_bytes());
+    assert!(b.request(&chain).is_none());
+    assert_eq!(b.submitted().len(), 1, "a request went to the devices");
+
+    b.ctl.reset();
+    assert!(!b.ctl.halted());
+    assert!(
+        b.event_buffer(BUF + 0x430).is_empty(),
+        "the unplugged device was announced"
+    );
+}

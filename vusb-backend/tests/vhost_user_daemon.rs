@@ -18,7 +18,7 @@ use vusb_backend::transfer::{
 use vusb_backend::upcalls::{self, UpcallSender};
 use vusb_backend::vhost_user::VusbBackend;
 use vusb_backend::virtio_usb::wire::{
-    CtrlReq, XferReq, CONTROL_QUEUE, CTRL_CANCEL, EVT_CONNECT, REQUEST_QUEUE,
+    CtrlReq, XferReq, CONTROL_QUEUE, CTRL_CANCEL, EVT_CONNECT, EVT_RESTARTED, REQUEST_QUEUE,
 };
 use vusb_backend::virtio_usb::{Controller, Limits};
 
@@ -309,4 +309,47 @@ fn stopped_rings_are_left_alone_and_the_daemon_keeps_answering() {
     d.submit(&bulk_in(3, 0x81, 64), &[], &[]).unwrap();
     let done = d.wait_transfer(WAIT).unwrap();
     assert_eq!((done.id, done.resp.status), (3, 0));
+}
+
+/// QEMU reconnecting after the daemon restarted resumes the rings from their
+/// used index, with requests on them the new daemon knows nothing of, some
+/// perhaps used and reused already. The daemon serves none of them and asks
+/// the driver to reset the device; after the reset all is well again.
+#[test]
+fn rings_resumed_by_a_reconnecting_front_end_get_restarted_not_replayed() {
+    let (_dir, socket) = start_daemon();
+    let options = Options {
+        event_idx: true,
+        ..Options::default()
+    };
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().id, 1);
+    // Never answered: still on the ring when the connection goes.
+    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+
+    d.reconnect(&socket).unwrap();
+    assert_eq!(
+        d.wait_event(WAIT).unwrap(),
+        (EVT_RESTARTED, 0, 0),
+        "the driver was not told that the device lost its requests"
+    );
+    d.submit(&bulk_in(3, 0x81, 64), &[], &[]).unwrap();
+    let served = d.wait_transfer(Duration::from_millis(500));
+    assert!(
+        served.is_err(),
+        "a request was served before the driver reset the device: {served:?}"
+    );
+
+    // The driver resets the device and sets it up again.
+    drop(d);
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    assert_eq!(
+        d.wait_event(WAIT).unwrap(),
+        (EVT_CONNECT, 1, Speed::High as u8)
+    );
+    d.submit(&bulk_in(4, 0x81, 64), &[], &[]).unwrap();
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((done.id, done.resp.status), (4, 0));
 }

@@ -62,6 +62,11 @@ pub struct Controller {
     events: VecDeque<PortEvent>,
     /// `eventq` buffers the driver stocked, waiting for events.
     event_buffers: VecDeque<Chain>,
+    /// The driver's rings outlived our state of them (§7.1): nothing on
+    /// `requestq` or `controlq` is served until the driver resets us.
+    halted: bool,
+    /// `RESTARTED` is still to be delivered.
+    restart_pending: bool,
     complaints: u64,
 }
 
@@ -89,6 +94,8 @@ impl Controller {
             attached: vec![None; usize::from(layout.total()) + 1],
             events: VecDeque::new(),
             event_buffers: VecDeque::new(),
+            halted: false,
+            restart_pending: false,
             complaints: 0,
         }
     }
@@ -123,6 +130,8 @@ impl Controller {
         self.resets.clear();
         self.event_buffers.clear();
         self.events.clear();
+        self.halted = false;
+        self.restart_pending = false;
         for (port, speed) in self.attached.iter().enumerate() {
             if let Some(speed) = *speed {
                 self.events.push_back(PortEvent::Connected {
@@ -133,12 +142,40 @@ impl Controller {
         }
     }
 
+    /// The driver's rings resume where a device state we no longer have
+    /// left them (this process restarted, or the rings were stopped and
+    /// started again): which of the chains on them were already used, and
+    /// reused since, cannot be known. Serve none of them; tell the driver
+    /// to reset us (§7.1).
+    pub fn lost_driver_state(&mut self) {
+        if self.halted {
+            return;
+        }
+        for (tag, t) in self.in_flight.drain() {
+            self.ports.cancel(t.port, tag);
+        }
+        self.tags.clear();
+        self.resets.clear();
+        self.events.clear();
+        self.halted = true;
+        self.restart_pending = true;
+    }
+
+    /// Whether `requestq` and `controlq` wait for the driver's reset.
+    pub fn halted(&self) -> bool {
+        self.halted
+    }
+
     /// A chain from `requestq`.
     pub fn on_request<M>(&mut self, chain: DescriptorChain<M>) -> Option<Used>
     where
         M: Deref + Clone,
         M::Target: GuestMemory,
     {
+        if self.halted {
+            // Possibly a chain the driver already had back (§7.1).
+            return None;
+        }
         let mem = chain.memory();
         let chain = match self.collect(REQUEST_QUEUE, chain.clone()) {
             Ok(chain) => chain,
@@ -179,6 +216,10 @@ impl Controller {
         M: Deref + Clone,
         M::Target: GuestMemory,
     {
+        if self.halted {
+            // Possibly a chain the driver already had back (§7.1).
+            return None;
+        }
         let mem = chain.memory();
         let chain = match self.collect(CONTROL_QUEUE, chain.clone()) {
             Ok(chain) => chain,
@@ -279,6 +320,10 @@ impl Controller {
                     PortEvent::Connected { speed, .. } => Some(speed),
                     PortEvent::Disconnected { .. } => None,
                 };
+                if self.halted {
+                    // The reset announces whatever is attached by then.
+                    return Vec::new();
+                }
                 self.events.push_back(event);
                 self.deliver_events(mem)
             }
@@ -345,6 +390,20 @@ impl Controller {
 
     fn deliver_events(&mut self, mem: &(impl GuestMemory + ?Sized)) -> Vec<Used> {
         let mut used = Vec::new();
+        if self.restart_pending {
+            let Some(chain) = self.event_buffers.pop_front() else {
+                return used;
+            };
+            if let Err(e) = chain.write(mem, 0, &wire::restarted_event_bytes()) {
+                warn!("writing an event: {e}");
+            }
+            self.restart_pending = false;
+            used.push(Used {
+                queue: EVENT_QUEUE,
+                head: chain.head,
+                len: EVENT_LEN as u32,
+            });
+        }
         while !self.events.is_empty() && !self.event_buffers.is_empty() {
             let event = self.events.pop_front().expect("not empty");
             let chain = self.event_buffers.pop_front().expect("not empty");

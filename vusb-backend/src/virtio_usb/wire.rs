@@ -33,6 +33,7 @@ pub const CTRL_PORT_RESET: u32 = 2;
 /// `VIRTIO_USB_EVT_*` (§6).
 pub const EVT_CONNECT: u32 = 1;
 pub const EVT_DISCONNECT: u32 = 2;
+pub const EVT_RESTARTED: u32 = 3;
 
 /// The configuration space (§2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +242,13 @@ pub fn ctrl_resp_bytes(status: Status, speed: Option<Speed>) -> [u8; CTRL_RESP_L
     let mut b = [0u8; CTRL_RESP_LEN];
     b[0..4].copy_from_slice(&(status as u32).to_le_bytes());
     b[4] = speed.map_or(0, |s| s as u8);
+    b
+}
+
+/// The `RESTARTED` event (§7.1): port 0, no speed.
+pub fn restarted_event_bytes() -> [u8; EVENT_LEN] {
+    let mut b = [0u8; EVENT_LEN];
+    b[0..4].copy_from_slice(&EVT_RESTARTED.to_le_bytes());
     b
 }
 
