@@ -169,6 +169,7 @@ struct virtio_usb_ctrl_resp {
 
 #define VIRTIO_USB_EVT_CONNECT		1
 #define VIRTIO_USB_EVT_DISCONNECT	2
+#define VIRTIO_USB_EVT_RESTARTED	3
 
 /**
  * struct virtio_usb_event - eventq message (spec 6)
@@ -186,6 +187,10 @@ struct virtio_usb_event {
 
 /* Event buffers kept on the eventq; events are small and rare. */
 #define VUSB_EVENT_BUFS			16
+
+/* A device that leaves CANCELs unanswered this long is reset (spec 7.1). */
+#define VUSB_CANCEL_TIMEOUT		(15 * HZ)
+#define VUSB_CANCEL_CHECK		(5 * HZ)
 
 /**
  * struct vusb_port - one root-hub port as the hub driver sees it
@@ -291,7 +296,13 @@ struct vusb_rh {
  * @ctrl_pending: controlq requests waiting for room
  * @events: eventq buffers
  * @ctrl_work: handles controlq and eventq completions in process context
+ * @restart_work: resets and re-initialises a device that lost its state
+ * @cancel_watch: looks for CANCELs the device leaves unanswered
+ * @cancels_out: CANCELs sent and not answered
+ * @cancel_progress: when a CANCEL was last answered, or the first one sent
  * @dying: the device is being removed: nothing more goes to it
+ * @restarting: the device is being reset: nothing goes to it meanwhile
+ * @vqs_gone: re-initialisation failed; the device is unusable
  */
 struct vusb {
 	struct virtio_device *vdev;
@@ -311,8 +322,20 @@ struct vusb {
 	struct list_head ctrl_pending;
 	struct virtio_usb_event *events;
 	struct work_struct ctrl_work;
+	struct work_struct restart_work;
+	struct delayed_work cancel_watch;
+	unsigned int cancels_out;
+	unsigned long cancel_progress;
 	bool dying;
+	bool restarting;
+	bool vqs_gone;
 };
+
+/* Whether requests may go to the device. Called with vu->lock held. */
+static inline bool vusb_stopped(const struct vusb *vu)
+{
+	return vu->dying || vu->restarting;
+}
 
 static inline struct vusb_rh *hcd_to_rh(struct usb_hcd *hcd)
 {
@@ -330,6 +353,7 @@ int vusb_hub_control(struct usb_hcd *hcd, u16 type_req, u16 value, u16 index,
 		     char *buf, u16 length);
 void vusb_port_event(struct vusb *vu, const struct virtio_usb_event *evt);
 void vusb_port_reset_done(struct vusb *vu, struct vusb_ctrl *ctrl);
+void vusb_ports_empty(struct vusb *vu);
 struct usb_hcd *vusb_port_hcd(struct vusb *vu, unsigned int port);
 
 /* vusb_urb.c */
@@ -342,5 +366,6 @@ void vusb_giveback_all(struct vusb *vu);
 /* vusb_main.c */
 void vusb_ctrl_submit(struct vusb *vu, struct vusb_ctrl *ctrl);
 void vusb_ctrl_release(struct vusb_ctrl *ctrl);
+void vusb_cancel_sent(struct vusb *vu);
 
 #endif /* VIRTIO_USB_H */

@@ -101,8 +101,8 @@ static void vusb_port_start_reset(struct vusb *vu, struct vusb_port *p,
 		p->status |= PORT_C(USB_PORT_STAT_C_RESET);
 		return;
 	}
-	if (p->fresh || vu->dying || !c) {
-		if (!p->fresh && !vu->dying)
+	if (p->fresh || vusb_stopped(vu) || !c) {
+		if (!p->fresh && !vusb_stopped(vu))
 			dev_warn_ratelimited(&vu->vdev->dev,
 					     "port %u: no memory to reset the device\n",
 					     port);
@@ -156,7 +156,34 @@ void vusb_port_reset_done(struct vusb *vu, struct vusb_ctrl *ctrl)
 	vusb_port_enable(p, usb3);
 }
 
-/* A CONNECT or DISCONNECT from the eventq (spec 6). */
+/* The port is empty now; the hub driver learns it from the change bit. */
+static void vusb_port_clear(struct vusb_port *p)
+{
+	p->gen++;
+	p->udev = NULL;
+	p->speed = 0;
+	p->fresh = false;
+	p->reset_pending = false;
+	p->status &= ~(USB_PORT_STAT_CONNECTION | USB_PORT_STAT_ENABLE |
+		       USB_PORT_STAT_RESET | USB_PORT_STAT_SUSPEND |
+		       PORT_SPEED_BITS);
+	p->status |= PORT_C(USB_PORT_STAT_C_CONNECTION);
+}
+
+/*
+ * Every port empties, as when the device is reset: the device announces
+ * what is still attached afterwards (spec 7). Called with vu->lock held.
+ */
+void vusb_ports_empty(struct vusb *vu)
+{
+	unsigned int i;
+
+	for (i = 1; i <= vu->usb2_ports + vu->usb3_ports; i++)
+		if (vu->ports[i].speed)
+			vusb_port_clear(&vu->ports[i]);
+}
+
+/* A CONNECT, DISCONNECT or RESTARTED from the eventq (spec 6, 7.1). */
 void vusb_port_event(struct vusb *vu, const struct virtio_usb_event *evt)
 {
 	unsigned int port = evt->port;
@@ -164,6 +191,12 @@ void vusb_port_event(struct vusb *vu, const struct virtio_usb_event *evt)
 	struct vusb_port *p;
 	bool usb3;
 
+	if (type == VIRTIO_USB_EVT_RESTARTED) {
+		dev_warn(&vu->vdev->dev,
+			 "the device restarted and lost its transfers: resetting it\n");
+		schedule_work(&vu->restart_work);
+		return;
+	}
 	if (!port || port > vu->usb2_ports + vu->usb3_ports) {
 		dev_warn_ratelimited(&vu->vdev->dev,
 				     "event %u for port %u, which does not exist\n",
@@ -206,15 +239,7 @@ void vusb_port_event(struct vusb *vu, const struct virtio_usb_event *evt)
 		dev_dbg(&vu->vdev->dev, "port %u: disconnect\n", port);
 		// Transfers in flight complete with NO_DEVICE from the
 		// device; their buffers are the device's until then.
-		p->gen++;
-		p->udev = NULL;
-		p->speed = 0;
-		p->fresh = false;
-		p->reset_pending = false;
-		p->status &= ~(USB_PORT_STAT_CONNECTION | USB_PORT_STAT_ENABLE |
-			       USB_PORT_STAT_RESET | USB_PORT_STAT_SUSPEND |
-			       PORT_SPEED_BITS);
-		p->status |= PORT_C(USB_PORT_STAT_C_CONNECTION);
+		vusb_port_clear(p);
 		break;
 	default:
 		dev_warn_ratelimited(&vu->vdev->dev,

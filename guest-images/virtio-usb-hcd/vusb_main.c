@@ -69,6 +69,43 @@ void vusb_ctrl_release(struct vusb_ctrl *ctrl)
 		kfree(ctrl);
 }
 
+/*
+ * A CANCEL went out. The watch resets a device that leaves CANCELs
+ * unanswered: their URBs, and whoever waits on them, would wait forever.
+ * Called with vu->lock held.
+ */
+void vusb_cancel_sent(struct vusb *vu)
+{
+	if (!vu->cancels_out++)
+		vu->cancel_progress = jiffies;
+	schedule_delayed_work(&vu->cancel_watch, VUSB_CANCEL_CHECK);
+}
+
+static void vusb_cancel_watch(struct work_struct *work)
+{
+	struct vusb *vu = container_of(to_delayed_work(work), struct vusb,
+				       cancel_watch);
+	unsigned int out;
+	bool stuck;
+
+	spin_lock_irq(&vu->lock);
+	out = vu->cancels_out;
+	stuck = time_after(jiffies, vu->cancel_progress + VUSB_CANCEL_TIMEOUT);
+	if (vusb_stopped(vu) || !out) {
+		spin_unlock_irq(&vu->lock);
+		return;
+	}
+	spin_unlock_irq(&vu->lock);
+	if (stuck) {
+		dev_err(&vu->vdev->dev,
+			"%u cancelled transfers unanswered for %u s: resetting the device\n",
+			out, VUSB_CANCEL_TIMEOUT / HZ);
+		schedule_work(&vu->restart_work);
+	} else {
+		schedule_delayed_work(&vu->cancel_watch, VUSB_CANCEL_CHECK);
+	}
+}
+
 static int vusb_event_add(struct vusb *vu, struct virtio_usb_event *evt)
 {
 	struct scatterlist sg;
@@ -93,7 +130,7 @@ static void vusb_ctrl_work(struct work_struct *work)
 	unsigned int len;
 
 	spin_lock_irq(&vu->lock);
-	if (vu->dying) {
+	if (vusb_stopped(vu)) {
 		spin_unlock_irq(&vu->lock);
 		return;
 	}
@@ -104,8 +141,12 @@ static void vusb_ctrl_work(struct work_struct *work)
 					     len, sizeof(ctrl->resp));
 			ctrl->resp.status = cpu_to_le32(VIRTIO_USB_S_PROTOCOL);
 		}
-		if (!ctrl->owner)
+		if (!ctrl->owner) {
 			vusb_port_reset_done(vu, ctrl);
+		} else if (vu->cancels_out) {
+			vu->cancels_out--;
+			vu->cancel_progress = jiffies;
+		}
 		vusb_ctrl_release(ctrl);
 	}
 	vusb_ctrl_flush_pending(vu);
@@ -310,10 +351,73 @@ static struct usb_hcd *vusb_add_hcd(struct vusb *vu, struct usb_hcd *primary,
 	return hcd;
 }
 
+/* Gives the device its event buffers. Called with vu->lock held. */
+static int vusb_events_stock(struct vusb *vu)
+{
+	unsigned int i;
+	int err = 0;
+
+	for (i = 0; i < VUSB_EVENT_BUFS; i++) {
+		memset(&vu->events[i], 0, sizeof(vu->events[i]));
+		err = vusb_event_add(vu, &vu->events[i]);
+		if (err)
+			break;
+	}
+	virtqueue_kick(vu->vqs[VIRTIO_USB_VQ_EVENT]);
+	return i ? 0 : err;
+}
+
+/*
+ * The device lost its state or stopped answering (spec 7.1): reset it,
+ * give every URB back, empty the ports and set the device up again. Its
+ * devices then come back as new ones.
+ */
+static void vusb_restart_work(struct work_struct *work)
+{
+	struct vusb *vu = container_of(work, struct vusb, restart_work);
+	struct virtio_device *vdev = vu->vdev;
+	int err;
+
+	spin_lock_irq(&vu->lock);
+	if (vu->dying || vu->vqs_gone) {
+		spin_unlock_irq(&vu->lock);
+		return;
+	}
+	vu->restarting = true;
+	spin_unlock_irq(&vu->lock);
+
+	virtio_reset_device(vdev);
+	cancel_work_sync(&vu->ctrl_work);
+	cancel_delayed_work_sync(&vu->cancel_watch);
+	vusb_giveback_all(vu);
+	spin_lock_irq(&vu->lock);
+	vu->cancels_out = 0;
+	vusb_ports_empty(vu);
+	spin_unlock_irq(&vu->lock);
+	vdev->config->del_vqs(vdev);
+
+	err = vusb_init_vqs(vu);
+	if (!err) {
+		virtio_device_ready(vdev);
+		spin_lock_irq(&vu->lock);
+		vu->restarting = false;
+		err = vusb_events_stock(vu);
+		spin_unlock_irq(&vu->lock);
+	} else {
+		vu->vqs_gone = true;
+	}
+	if (err)
+		dev_err(&vdev->dev, "cannot set the device up again: %d\n", err);
+	else
+		dev_info(&vdev->dev, "device reset; its devices come back as new ones\n");
+	usb_hcd_poll_rh_status(vu->hcd2);
+	if (vu->hcd3)
+		usb_hcd_poll_rh_status(vu->hcd3);
+}
+
 static int vusb_probe(struct virtio_device *vdev)
 {
 	struct vusb *vu;
-	unsigned int i;
 	int err;
 
 	if (!vdev->config->get) {
@@ -329,6 +433,8 @@ static int vusb_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&vu->backlog);
 	INIT_LIST_HEAD(&vu->ctrl_pending);
 	INIT_WORK(&vu->ctrl_work, vusb_ctrl_work);
+	INIT_WORK(&vu->restart_work, vusb_restart_work);
+	INIT_DELAYED_WORK(&vu->cancel_watch, vusb_cancel_watch);
 	vu->next_id = 1;
 
 	err = vusb_read_config(vu);
@@ -361,14 +467,9 @@ static int vusb_probe(struct virtio_device *vdev)
 	// The device announces its ports once the driver is ready (spec 6).
 	virtio_device_ready(vdev);
 	spin_lock_irq(&vu->lock);
-	for (i = 0; i < VUSB_EVENT_BUFS; i++) {
-		err = vusb_event_add(vu, &vu->events[i]);
-		if (err)
-			break;
-	}
-	virtqueue_kick(vu->vqs[VIRTIO_USB_VQ_EVENT]);
+	err = vusb_events_stock(vu);
 	spin_unlock_irq(&vu->lock);
-	if (!i) {
+	if (err) {
 		dev_err(&vdev->dev, "cannot queue event buffers: %d\n", err);
 		goto err_reset;
 	}
@@ -379,7 +480,11 @@ static int vusb_probe(struct virtio_device *vdev)
 	return 0;
 
 err_reset:
+	spin_lock_irq(&vu->lock);
 	vu->dying = true;
+	spin_unlock_irq(&vu->lock);
+	cancel_work_sync(&vu->restart_work);
+	cancel_delayed_work_sync(&vu->cancel_watch);
 	virtio_reset_device(vdev);
 	cancel_work_sync(&vu->ctrl_work);
 	if (vu->hcd3) {
@@ -410,9 +515,13 @@ static void vusb_remove(struct virtio_device *vdev)
 	spin_lock_irq(&vu->lock);
 	vu->dying = true;
 	spin_unlock_irq(&vu->lock);
+	// A restart under way finishes first; none starts after this.
+	cancel_work_sync(&vu->restart_work);
+	cancel_delayed_work_sync(&vu->cancel_watch);
 	virtio_reset_device(vdev);
 	cancel_work_sync(&vu->ctrl_work);
-	vusb_giveback_all(vu);
+	if (!vu->vqs_gone)
+		vusb_giveback_all(vu);
 
 	if (vu->hcd3)
 		usb_remove_hcd(vu->hcd3);
@@ -421,7 +530,8 @@ static void vusb_remove(struct virtio_device *vdev)
 		usb_put_hcd(vu->hcd3);
 	usb_put_hcd(vu->hcd2);
 
-	vdev->config->del_vqs(vdev);
+	if (!vu->vqs_gone)
+		vdev->config->del_vqs(vdev);
 	kfree(vu->events);
 	kfree(vu);
 }

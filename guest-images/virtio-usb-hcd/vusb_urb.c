@@ -274,7 +274,7 @@ static int vusb_set_address(struct vusb *vu, struct usb_hcd *hcd,
 	int ret;
 
 	spin_lock_irqsave(&vu->lock, flags);
-	ret = vu->dying ? -ESHUTDOWN : usb_hcd_link_urb_to_ep(hcd, urb);
+	ret = vusb_stopped(vu) ? -ESHUTDOWN : usb_hcd_link_urb_to_ep(hcd, urb);
 	if (!ret) {
 		usb_hcd_unlink_urb_from_ep(hcd, urb);
 		if (vu->ports[port].speed && urb->dev->parent == hcd->self.root_hub)
@@ -321,7 +321,7 @@ int vusb_urb_enqueue(struct usb_hcd *hcd, struct urb *urb, gfp_t mem_flags)
 		return PTR_ERR(req);
 
 	spin_lock_irqsave(&vu->lock, flags);
-	if (vu->dying) {
+	if (vusb_stopped(vu)) {
 		ret = -ESHUTDOWN;
 		goto err_unlock;
 	}
@@ -357,8 +357,8 @@ int vusb_urb_dequeue(struct usb_hcd *hcd, struct urb *urb, int status)
 
 	spin_lock_irqsave(&vu->lock, flags);
 	ret = usb_hcd_check_unlink_urb(hcd, urb, status);
-	if (ret || vu->dying) {
-		// When dying, removal gives everything back.
+	if (ret || vusb_stopped(vu)) {
+		// Removal or the restart gives everything back.
 		spin_unlock_irqrestore(&vu->lock, flags);
 		return ret;
 	}
@@ -385,6 +385,7 @@ int vusb_urb_dequeue(struct usb_hcd *hcd, struct urb *urb, int status)
 		c->req.port = req->hdr.port;
 		c->req.id = req->hdr.id;
 		vusb_ctrl_submit(vu, c);
+		vusb_cancel_sent(vu);
 	}
 	spin_unlock_irqrestore(&vu->lock, flags);
 	return 0;
