@@ -123,11 +123,7 @@ impl Controller {
     /// completing it (the driver has given up on them), stop the devices'
     /// work on them, and announce the attached devices again (§7).
     pub fn reset(&mut self) {
-        for (tag, t) in self.in_flight.drain() {
-            self.ports.cancel(t.port, tag);
-        }
-        self.tags.clear();
-        self.resets.clear();
+        self.abandon_requests();
         self.event_buffers.clear();
         self.events.clear();
         self.halted = false;
@@ -151,14 +147,20 @@ impl Controller {
         if self.halted {
             return;
         }
+        self.abandon_requests();
+        self.events.clear();
+        self.halted = true;
+        self.restart_pending = true;
+    }
+
+    /// Forgets every transfer and PORT_RESET chain without completing it,
+    /// and stops the devices' work on the transfers.
+    fn abandon_requests(&mut self) {
         for (tag, t) in self.in_flight.drain() {
             self.ports.cancel(t.port, tag);
         }
         self.tags.clear();
         self.resets.clear();
-        self.events.clear();
-        self.halted = true;
-        self.restart_pending = true;
     }
 
     /// Whether `requestq` and `controlq` wait for the driver's reset.
