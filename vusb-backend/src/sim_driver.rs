@@ -197,6 +197,22 @@ impl SimDriver {
             .collect()
     }
 
+    /// Pauses and resumes the VM, the way QEMU's `stop` and `cont` do:
+    /// every ring stopped (`GET_VRING_BASE`), then started again on the same
+    /// connection where the backend said it stopped.
+    pub fn pause_and_resume(&mut self) -> Result<()> {
+        let stopped = self.stop_rings()?;
+        let mut bases = [0; NUM_QUEUES];
+        for (q, base) in stopped.into_iter().enumerate() {
+            bases[q] = u16::try_from(base).context("ring base beyond 16 bits")?;
+        }
+        let host = self
+            .mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| anyhow!("{e:?}"))? as u64;
+        start_rings(&mut self.frontend, host, &self.rings, bases)
+    }
+
     /// Connects again, the way QEMU does when its back-end restarted: same
     /// guest memory, each ring resuming from its used index (the requests
     /// the old back-end never finished stay on the rings).
@@ -537,6 +553,18 @@ fn attach(
         mmap_offset: 0,
         mmap_handle: handle,
     }])?;
+    start_rings(&mut frontend, host, rings, bases)?;
+    Ok(frontend)
+}
+
+/// Hands the rings to the backend, each starting at `bases[q]`, and kicks
+/// them as QEMU does.
+fn start_rings(
+    frontend: &mut Frontend,
+    host: u64,
+    rings: &[Ring],
+    bases: [u16; NUM_QUEUES],
+) -> Result<()> {
     for (q, ring) in rings.iter().enumerate() {
         frontend.set_vring_num(q, ring.size)?;
         frontend.set_vring_addr(
@@ -558,5 +586,5 @@ fn attach(
         // QEMU starts every ring with its notifier signalled.
         ring.kick.write(1)?;
     }
-    Ok(frontend)
+    Ok(())
 }

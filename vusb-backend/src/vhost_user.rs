@@ -30,7 +30,6 @@ pub const UPCALL_EVENT: u16 = NUM_QUEUES as u16 + 1;
 const MAX_QUEUE_SIZE: usize = 1024;
 
 /// One virtio-usb controller as a vhost-user backend.
-#[derive(Debug)]
 pub struct VusbBackend {
     controller: Controller,
     upcalls: UpcallReceiver,
@@ -39,6 +38,19 @@ pub struct VusbBackend {
     iso_offered: bool,
     /// Per ring: whether its starting point was checked since it started.
     ring_checked: [bool; NUM_QUEUES],
+    /// The rings, as last handed to [`Self::handle_event`]: stopping one
+    /// needs to reach the others.
+    vrings: Vec<VringRwLock>,
+}
+
+impl std::fmt::Debug for VusbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VusbBackend")
+            .field("controller", &self.controller)
+            .field("event_idx", &self.event_idx)
+            .field("ring_checked", &self.ring_checked)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VusbBackend {
@@ -50,6 +62,7 @@ impl VusbBackend {
             event_idx: false,
             iso_offered: true,
             ring_checked: [false; NUM_QUEUES],
+            vrings: Vec::new(),
         }
     }
 
@@ -70,6 +83,8 @@ impl VusbBackend {
         self.mem = None;
         self.event_idx = false;
         self.ring_checked = [false; NUM_QUEUES];
+        // Each front-end gets rings of its own.
+        self.vrings.clear();
     }
 
     /// A driver's rings start at 0. One that starts further on was running
@@ -90,6 +105,24 @@ impl VusbBackend {
             );
             self.controller.lost_driver_state();
         }
+    }
+
+    /// Puts the `eventq` buffers taken but not yet used back on the ring:
+    /// once the rings stop, the driver expects the device to resume at the
+    /// avail index it reports, and a buffer taken from before that index is
+    /// never offered again. Events use buffers in order, so the unused ones
+    /// are always the last ones taken.
+    fn return_event_buffers(&mut self) {
+        let unused = self.controller.forget_event_buffers();
+        if unused == 0 {
+            return;
+        }
+        let Some(vring) = self.vrings.get(usize::from(EVENT_QUEUE)) else {
+            return;
+        };
+        let next = vring.queue_next_avail();
+        debug!(unused, next, "eventq buffers returned to the ring");
+        vring.set_queue_next_avail(next.wrapping_sub(unused));
     }
 
     fn process_queue(&mut self, vrings: &[VringRwLock], queue: u16) -> io::Result<()> {
@@ -250,6 +283,9 @@ impl VhostUserBackendMut for VusbBackend {
     }
 
     fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        // Before the reset below forgets them, and again on each ring: a
+        // kick between two rings' stops may have taken them once more.
+        self.return_event_buffers();
         // QEMU stops the rings when the driver resets the device: its chains
         // are abandoned (§7).
         if queue_index == u32::from(REQUEST_QUEUE) {
@@ -269,6 +305,9 @@ impl VhostUserBackendMut for VusbBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        if self.vrings.len() != vrings.len() {
+            self.vrings = vrings.to_vec();
+        }
         match device_event {
             REQUEST_QUEUE | CONTROL_QUEUE | EVENT_QUEUE => {
                 self.process_queue(vrings, device_event)?

@@ -185,3 +185,51 @@ fn losing_the_exporter_is_a_disconnect_and_its_return_a_connect() {
     assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
     exporter.stop();
 }
+
+/// A paused VM is told to reset the device (§7.1), which abandons what was
+/// in flight on the server. After the driver's reset and a port reset the
+/// device answers again, as it did before the pause.
+#[test]
+fn after_a_vm_pause_and_the_drivers_reset_the_device_answers_again() {
+    use vusb_backend::virtio_usb::wire::{CtrlReq, CTRL_PORT_RESET, EVT_RESTARTED};
+    let exporter = Exporter::start(SimKind::Loopback, "127.0.0.1:0");
+    let (_dir, socket) = start_backend(&format!("tcp://{}/1-1", exporter.addr));
+    let options = Options {
+        event_idx: true,
+        ..Options::default()
+    };
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    set_configuration(&mut d);
+    // Loop reads with nothing to loop wait on the device.
+    for id in 1..5 {
+        d.submit(&bulk(id, 0x83, 512), &[], &[]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+
+    d.pause_and_resume().unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_RESTARTED);
+    drop(d);
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    let reset = CtrlReq {
+        code: CTRL_PORT_RESET,
+        port: 1,
+        id: 0,
+    };
+    d.send_control(&reset).unwrap();
+    assert_eq!(d.wait_control(WAIT).unwrap().0, 0, "port reset failed");
+    d.submit(&control(5, [0x80, 6, 0, 1, 0, 0, 18, 0]), &[], &[])
+        .unwrap();
+    let done = d.wait_transfer(WAIT).expect("GET_DESCRIPTOR unanswered");
+    assert_eq!((done.id, done.resp.status), (5, 0));
+    set_configuration(&mut d);
+    let payload = vec![0x5a; 512];
+    d.submit(&bulk(6, 0x04, 512), &[], &payload).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
+    d.submit(&bulk(7, 0x83, 512), &[], &[]).unwrap();
+    let back = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((back.id, back.resp.status), (7, 0));
+    assert_eq!(back.data, payload);
+    exporter.stop();
+}

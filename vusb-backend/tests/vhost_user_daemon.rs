@@ -353,3 +353,37 @@ fn rings_resumed_by_a_reconnecting_front_end_get_restarted_not_replayed() {
     let done = d.wait_transfer(WAIT).unwrap();
     assert_eq!((done.id, done.resp.status), (4, 0));
 }
+
+/// A paused and resumed VM: QEMU stops every ring and starts it again on
+/// the same connection where the daemon said it stopped. The daemon had
+/// dropped its requests, so it asks for a reset (§7.1); the `eventq`
+/// buffers it had taken but not used must be offered again, or the
+/// `RESTARTED` event has nothing to travel in.
+#[test]
+fn a_paused_vm_is_told_to_reset_on_a_buffer_it_stocked_before_the_pause() {
+    let (_dir, socket) = start_daemon();
+    let options = Options {
+        event_idx: true,
+        ..Options::default()
+    };
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().id, 1);
+    // Never answered: in flight when the VM pauses.
+    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+
+    d.pause_and_resume().unwrap();
+    assert_eq!(
+        d.wait_event(WAIT).unwrap(),
+        (EVT_RESTARTED, 0, 0),
+        "the driver was not told that the device lost its requests"
+    );
+
+    drop(d);
+    let mut d = SimDriver::connect(&socket, options).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    d.submit(&bulk_in(3, 0x81, 64), &[], &[]).unwrap();
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((done.id, done.resp.status), (3, 0));
+}

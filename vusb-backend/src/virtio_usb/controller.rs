@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 
@@ -163,6 +163,15 @@ impl Controller {
         self.resets.clear();
     }
 
+    /// Drops the `eventq` buffers waiting for events and says how many there
+    /// were; the caller puts them back on the ring.
+    pub fn forget_event_buffers(&mut self) -> u16 {
+        let n = self.event_buffers.len();
+        self.event_buffers.clear();
+        // A ring holds at most 32768 chains.
+        n as u16
+    }
+
     /// Whether `requestq` and `controlq` wait for the driver's reset.
     pub fn halted(&self) -> bool {
         self.halted
@@ -194,6 +203,14 @@ impl Controller {
         let layout = WritableLayout::of_transfer(&transfer);
         let tag = self.next_tag;
         self.next_tag += 1;
+        trace!(
+            id = transfer.id,
+            tag,
+            port = transfer.port,
+            endpoint = transfer.endpoint,
+            length = transfer.length,
+            "request"
+        );
         self.tags.insert(transfer.id, tag);
         self.in_flight.insert(
             tag,
@@ -262,9 +279,11 @@ impl Controller {
                 } else {
                     Status::NotFound
                 };
+                debug!(port = req.port, id = req.id, ?status, "cancel");
                 Some(self.finish_control(mem, chain, status, None))
             }
             CTRL_PORT_RESET => {
+                debug!(port = req.port, "port reset");
                 let token = self.next_token;
                 self.next_token += 1;
                 self.resets.insert(token, chain);
@@ -348,6 +367,7 @@ impl Controller {
             return None;
         };
         self.tags.remove(&t.id);
+        trace!(id = t.id, tag = c.id, status = ?c.status, actual = c.actual_length, "completed");
         // A request that failed as a whole may come without per-packet
         // results; the driver still reads one per packet.
         if c.iso_results.is_empty() && c.status != Status::Ok && c.actual_length == 0 {
