@@ -372,6 +372,29 @@ static int vusb_events_stock(struct vusb *vu)
  * give every URB back, empty the ports and set the device up again. Its
  * devices then come back as new ones.
  */
+/*
+ * A reset device has forgotten the features it was given: without them
+ * again it would run the rings without EVENT_IDX while this side still
+ * relies on it, and stop hearing kicks after the first. This is the
+ * status sequence the virtio core runs at probe time.
+ */
+static int vusb_renegotiate(struct virtio_device *vdev)
+{
+	int err;
+
+	virtio_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+	virtio_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
+	err = vdev->config->finalize_features(vdev);
+	if (err)
+		return err;
+	if (!virtio_has_feature(vdev, VIRTIO_F_VERSION_1))
+		return 0;
+	virtio_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
+	if (!(vdev->config->get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK))
+		return -ENODEV;
+	return 0;
+}
+
 static void vusb_restart_work(struct work_struct *work)
 {
 	struct vusb *vu = container_of(work, struct vusb, restart_work);
@@ -396,7 +419,9 @@ static void vusb_restart_work(struct work_struct *work)
 	spin_unlock_irq(&vu->lock);
 	vdev->config->del_vqs(vdev);
 
-	err = vusb_init_vqs(vu);
+	err = vusb_renegotiate(vdev);
+	if (!err)
+		err = vusb_init_vqs(vu);
 	if (!err) {
 		virtio_device_ready(vdev);
 		spin_lock_irq(&vu->lock);

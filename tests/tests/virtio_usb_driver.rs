@@ -12,8 +12,9 @@
 //! -E 'test(/virtio_usb_driver/)'` (or through scripts/test.sh).
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -326,6 +327,108 @@ fn virtio_usb_driver_exporter_loss_unplugs_and_its_return_replugs() -> Result<()
         log.contains("connection lost"),
         "the backend did not notice the exporter going away:\n{log}"
     );
+    Ok(())
+}
+
+/// A paused and resumed VM (QEMU's `stop` and `cont`, as `virsh suspend`/`resume` do): QEMU
+/// stops the vhost-user rings and starts them again where they were, and the backend, which
+/// dropped its requests when they stopped, finds them resumed past 0. It tells the driver
+/// (docs/virtio-usb.md §7.1), which gives back what was in flight, resets the device and gets
+/// its devices back as new ones. Nothing hangs, nothing oopses, and the disk and the sensor
+/// work again.
+#[test]
+#[ignore = "boots a QEMU guest; run via scripts/test.sh"]
+fn virtio_usb_driver_recovers_from_a_vm_pause() -> Result<()> {
+    let name = "virtio_usb_driver_recovers_from_a_vm_pause";
+    let dir = tempfile::tempdir()?;
+    let image = pendrive_image(dir.path(), 256 * MIB)?;
+    let host = Host::start(name, &[Dongle::Sensor, Dongle::Pendrive(&image)])?;
+    let script = r#"
+        load_hcd
+        enumerated 1209 0001
+        enumerated 1209 0002
+        wait_for 45 test -b /dev/sda || fail "/dev/sda did not appear"
+        wait_for 30 test -c /dev/ttyACM0 || fail "/dev/ttyACM0 did not appear"
+        stty -F /dev/ttyACM0 raw -echo || fail "stty failed"
+        cat /dev/ttyACM0 >/dev/null 2>&1 &
+        before=$(sectors_read sda)
+        dd if=/dev/sda of=/dev/null bs=64k iflag=direct >/tmp/dd.log 2>&1 &
+        dd_pid=$!
+        flowing() { [ $(($(sectors_read sda) - before)) -ge 1024 ]; }
+        wait_for 30 flowing || fail "dd did not read 512 KiB within 30 s"
+        echo PAUSE-VM
+        reset_done() { dmesg | grep -q "device reset; its devices come back"; }
+        wait_for 120 reset_done || fail "the driver did not reset the device"
+        echo DEVICE-RESET
+        dd_ended() { ! kill -0 "$dd_pid" 2>/dev/null; }
+        wait_for 60 dd_ended || fail "dd still hangs after the pause"
+        enumerated 1209 0001
+        enumerated 1209 0002
+        disk() { ls /sys/block | grep '^sd' | head -n1; }
+        wait_for 60 sh -c 'ls /sys/block | grep -q "^sd"' || fail "no disk came back"
+        dd if=/dev/$(disk) of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null ||
+            fail "cannot read the disk after the pause"
+        wait_for 30 test -c /dev/ttyACM0 || fail "/dev/ttyACM0 did not come back"
+        stty -F /dev/ttyACM0 raw -echo || fail "stty failed"
+        reading=$(timeout 10 head -n 1 /dev/ttyACM0)
+        [ -n "$reading" ] || fail "no reading from the sensor after the pause"
+        echo "READING=$reading"
+        echo BACK
+    "#;
+    let monitor_dir = tempfile::Builder::new().prefix("vusb-qmp-").tempdir()?;
+    let monitor = monitor_dir.path().join("qmp.sock");
+    let config = vhome_config(name, &host.backend, script)?.qemu_args([
+        "-qmp".to_owned(),
+        format!("unix:{},server=on,wait=off", monitor.display()),
+    ]);
+    let mut guest = Guest::boot(config)?;
+    guest.wait_for_line("PAUSE-VM", BOOT)?;
+    qmp(&monitor, "stop")?;
+    guest.note("VM stopped (QMP stop)");
+    std::thread::sleep(Duration::from_secs(2));
+    qmp(&monitor, "cont")?;
+    guest.note("VM resumed (QMP cont)");
+    guest.wait_for_line("DEVICE-RESET", Duration::from_secs(150))?;
+    guest.wait_for_line("BACK", Duration::from_secs(180))?;
+    finish(&mut guest)?;
+
+    let log = std::fs::read_to_string(guest.log_path())?;
+    assert!(
+        log.contains("the device restarted and lost its transfers"),
+        "the driver did not hear RESTARTED from the backend"
+    );
+    assert!(
+        !log.contains("unanswered for 15 s"),
+        "the driver recovered through its watchdog, not through RESTARTED"
+    );
+    Ok(())
+}
+
+/// Runs one QMP command on the QEMU monitor at `socket` and waits for its answer.
+fn qmp(socket: &Path, command: &str) -> Result<()> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to QEMU's monitor {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // the greeting
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(writer, r#"{{"execute":"{cmd}"}}"#)?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("QEMU closed its monitor during {cmd}");
+            }
+            if line.contains("\"error\"") {
+                bail!("QMP {cmd}: {line}");
+            }
+            // Events come in between; the answer is the line with "return".
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
     Ok(())
 }
 
