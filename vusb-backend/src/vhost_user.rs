@@ -91,6 +91,13 @@ impl VusbBackend {
     /// before we were (we were restarted and QEMU reconnected, resuming
     /// from the used index) or before its rings were stopped: either way
     /// the chains it has out are beyond what we know (§7.1).
+    ///
+    /// So does one whose used index in guest memory is not where we were
+    /// told to start: its state was handed to us from an earlier back-end
+    /// (vusb-keeper replays the front-end's setup to a restarted one). The
+    /// used index is the truth then; the chains after it are the driver's
+    /// to reset, except the `eventq` buffers, which are always used in
+    /// order and so are exactly the ones after it.
     fn check_ring_start(&mut self, vring: &VringRwLock, queue: u16) {
         let checked = &mut self.ring_checked[usize::from(queue)];
         if *checked {
@@ -98,10 +105,15 @@ impl VusbBackend {
         }
         *checked = true;
         let start = vring.get_ref().get_queue().next_avail();
-        if start != 0 && !self.controller.halted() {
+        let used = vring.queue_used_idx().unwrap_or(start);
+        if used != start {
+            vring.set_queue_next_used(used);
+            vring.set_queue_next_avail(used);
+        }
+        if (start != 0 || used != start) && !self.controller.halted() {
             warn!(
                 queue,
-                start, "the driver's rings were running before this device state: asking it to reset the device"
+                start, used, "the driver's rings were running before this device state: asking it to reset the device"
             );
             self.controller.lost_driver_state();
         }
@@ -154,12 +166,14 @@ impl VusbBackend {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
             let mut used = Vec::new();
+            let mut popped = 0;
             loop {
                 let chain = vring
                     .get_mut()
                     .get_queue_mut()
                     .pop_descriptor_chain(atomic.memory());
                 let Some(chain) = chain else { break };
+                popped += 1;
                 match queue {
                     REQUEST_QUEUE => used.extend(self.controller.on_request(chain)),
                     CONTROL_QUEUE => used.extend(self.controller.on_control(chain)),
@@ -167,7 +181,13 @@ impl VusbBackend {
                 }
             }
             give_back(vrings, &used, self.event_idx);
-            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            // Nothing taken yet more announced: an avail index the queue
+            // refuses (further ahead than the ring is long). Looping would
+            // spin on it; the driver's next kick brings us back.
+            if popped == 0
+                || !self.event_idx
+                || !vring.enable_notification().map_err(io::Error::other)?
+            {
                 return Ok(());
             }
         }
@@ -357,6 +377,43 @@ mod tests {
         assert_eq!(b.get_config(20, 8), vec![0; 8]);
         assert_eq!(b.get_config(u32::MAX, 2), vec![0, 0]);
         assert_eq!(b.get_config(0, CONFIG_LEN as u32).len(), CONFIG_LEN);
+    }
+
+    /// A driver (or a stale setup) announcing more chains than the ring
+    /// holds: the queue refuses to pop, and with EVENT_IDX "more work"
+    /// never goes away. The kick must still end.
+    #[test]
+    fn an_avail_index_beyond_the_ring_does_not_spin() {
+        use vm_memory::{Bytes, GuestAddress};
+
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let vrings: Vec<VringRwLock> = (0..NUM_QUEUES)
+            .map(|_| VringRwLock::new(mem.clone(), 256).unwrap())
+            .collect();
+        for v in &vrings {
+            v.set_queue_size(256);
+            v.set_queue_info(0x0, 0x1000, 0x2000).unwrap();
+            v.set_queue_event_idx(true);
+            v.set_queue_ready(true);
+        }
+        mem.memory()
+            .write_obj(1000u16, GuestAddress(0x1002))
+            .unwrap();
+
+        let mut b = backend_without_devices(1);
+        b.update_memory(mem).unwrap();
+        b.set_event_idx(true);
+        b.ring_checked = [true; NUM_QUEUES];
+
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = b.handle_event(REQUEST_QUEUE, EventSet::IN, &vrings, 0);
+            let _ = tx.send(r.is_ok());
+        });
+        let finished = done.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(finished, Ok(true), "handle_event spun on a bad avail index");
     }
 
     /// The race behind a guest that hung in its reset: QEMU stopped the
