@@ -7,10 +7,13 @@
 //!   chains, the controller's state — with no vhost plumbing;
 //! * [`usbip_client`]: the USB/IP client engine that imports each device;
 //! * [`vhost`]: the vhost-user backend gluing vrings to the model;
-//! * [`remote`], [`config`]: naming devices and the command line.
+//! * [`remote`], [`config`]: naming devices and the command line;
+//! * [`keeper`]: `vusb-keeper`, which holds QEMU's connection across
+//!   back-end restarts.
 
 pub mod config;
 pub mod daemon;
+pub mod keeper;
 pub mod remote;
 pub mod sim_driver;
 pub mod transfer;

@@ -197,6 +197,36 @@ impl SimDriver {
             .collect()
     }
 
+    /// Resets the device the way a guest driver does through QEMU: the
+    /// rings stop, the driver forgets its requests and sets up fresh rings
+    /// (zeroed, starting at 0) on the same connection, and stocks `eventq`
+    /// again.
+    pub fn reset_device(&mut self) -> Result<()> {
+        self.stop_rings()?;
+        let size = self.options.queue_size;
+        for ring in &mut self.rings {
+            let zeros = vec![0u8; RING_AREA as usize];
+            self.mem.write_slice(&zeros, GuestAddress(ring.base))?;
+            ring.free = (0..size).rev().collect();
+            ring.avail_idx = 0;
+            ring.last_used = 0;
+        }
+        let slots = self.pending.len() / 2;
+        self.free_slots = (0..slots).rev().collect();
+        self.pending = vec![None; usize::from(size)];
+        self.control_slots = vec![None; usize::from(size)];
+        let host = self
+            .mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| anyhow!("{e:?}"))? as u64;
+        start_rings(&mut self.frontend, host, &self.rings, [0; NUM_QUEUES])?;
+        for i in 0..size {
+            let addr = self.events_base + u64::from(i) * EVENT_LEN as u64;
+            self.add_chain(EVENT_QUEUE, &[(addr, EVENT_LEN as u32, true)])?;
+        }
+        self.kick(EVENT_QUEUE)
+    }
+
     /// Pauses and resumes the VM, the way QEMU's `stop` and `cont` do:
     /// every ring stopped (`GET_VRING_BASE`), then started again on the same
     /// connection where the backend said it stopped.

@@ -233,3 +233,99 @@ fn after_a_vm_pause_and_the_drivers_reset_the_device_answers_again() {
     assert_eq!(back.data, payload);
     exporter.stop();
 }
+
+/// A child process killed when dropped.
+struct Process(std::process::Child);
+
+impl Process {
+    fn spawn(program: &str, args: &[&str]) -> Process {
+        Process(
+            std::process::Command::new(program)
+                .args(args)
+                .env("RUST_LOG", "debug")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// vusb-backend killed and started again behind vusb-keeper: the driver's
+/// connection never breaks. The new backend is brought back to the
+/// driver's setup, finds the rings further on than that setup says, and
+/// asks for a reset (§7.1) on a buffer the driver stocked; after the reset,
+/// on the same connection, the device works again.
+#[test]
+fn a_backend_restarted_behind_the_keeper_asks_for_a_reset_and_serves_again() {
+    use vusb_backend::virtio_usb::wire::EVT_RESTARTED;
+    let exporter = Exporter::start(SimKind::Loopback, "127.0.0.1:0");
+    let dir = tempfile::tempdir().unwrap();
+    let backend_socket = dir.path().join("backend.sock");
+    let keeper_socket = dir.path().join("keeper.sock");
+    let device = format!("tcp://{}/1-1", exporter.addr);
+    let backend_args = [
+        "--socket-path",
+        backend_socket.to_str().unwrap(),
+        "--device",
+        &device,
+    ];
+    let backend_bin = env!("CARGO_BIN_EXE_vusb-backend");
+    let mut backend = Process::spawn(backend_bin, &backend_args);
+    let _keeper = Process::spawn(
+        env!("CARGO_BIN_EXE_vusb-keeper"),
+        &[
+            "--socket-path",
+            keeper_socket.to_str().unwrap(),
+            "--backend",
+            backend_socket.to_str().unwrap(),
+        ],
+    );
+    wait_for(&keeper_socket);
+    let options = Options {
+        event_idx: true,
+        ..Options::default()
+    };
+    let mut d = SimDriver::connect(&keeper_socket, options).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    set_configuration(&mut d);
+    let payload = vec![0xa5; 512];
+    d.submit(&bulk(1, 0x04, 512), &[], &payload).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
+    d.submit(&bulk(2, 0x83, 512), &[], &[]).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().data, payload);
+    // Waits on the device when the backend dies.
+    d.submit(&bulk(3, 0x83, 512), &[], &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    backend.kill();
+    let _ = std::fs::remove_file(&backend_socket);
+    let _backend = Process::spawn(backend_bin, &backend_args);
+    assert_eq!(
+        d.wait_event(WAIT).unwrap().0,
+        EVT_RESTARTED,
+        "the restarted backend did not ask for a reset"
+    );
+    // Nothing is served until the reset.
+    d.submit(&bulk(4, 0x04, 512), &[], &payload).unwrap();
+    assert!(d.wait_transfer(Duration::from_millis(500)).is_err());
+
+    d.reset_device().unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    set_configuration(&mut d);
+    d.submit(&bulk(5, 0x04, 512), &[], &payload).unwrap();
+    assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
+    d.submit(&bulk(6, 0x83, 512), &[], &[]).unwrap();
+    let back = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((back.id, back.data), (6, payload));
+    exporter.stop();
+}
