@@ -47,7 +47,15 @@ pub const VIRTIO_USB_PCI_DEVICE: u16 = 0x1040 + VIRTIO_USB_ID;
 #[derive(Debug)]
 pub struct Backend {
     daemon: HostDaemon,
+    /// The socket QEMU connects to: the backend's, or its keeper's.
     socket: PathBuf,
+    /// The socket the backend listens on.
+    backend_socket: PathBuf,
+    /// `vusb-keeper`, holding QEMU's connection across backend restarts.
+    keeper: Option<HostDaemon>,
+    name: String,
+    args: Vec<OsString>,
+    restarts: u32,
     _socket_dir: tempfile::TempDir,
 }
 
@@ -55,6 +63,25 @@ impl Backend {
     /// Starts `vusb-backend --socket-path <socket> <args>` and waits until it listens on the
     /// socket. Its output goes to `<target>/vm-test-logs/<name>.backend.log`.
     pub fn spawn<I, S>(name: &str, args: I) -> Result<Backend>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::start(name, args, false)
+    }
+
+    /// The same behind `vusb-keeper`: QEMU connects to the keeper, which holds the connection
+    /// while the backend is restarted ([`Backend::restart`]). The keeper's log goes to
+    /// `<name>.keeper.log`.
+    pub fn spawn_kept<I, S>(name: &str, args: I) -> Result<Backend>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::start(name, args, true)
+    }
+
+    fn start<I, S>(name: &str, args: I, kept: bool) -> Result<Backend>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -69,22 +96,65 @@ impl Backend {
         if socket.to_string_lossy().contains(',') {
             bail!("the socket path {} contains a comma", socket.display());
         }
-        let socket_args: [OsString; 2] = ["--socket-path".into(), socket.clone().into()];
-        let args = socket_args
+        let backend_socket = if kept {
+            socket_dir.path().join("backend.sock")
+        } else {
+            socket.clone()
+        };
+        let args: Vec<OsString> = ["--socket-path".into(), backend_socket.clone().into()]
             .into_iter()
-            .chain(args.into_iter().map(|a| a.as_ref().to_owned()));
-        let mut daemon = HostDaemon::spawn("vusb-backend", name, "backend", args)?;
-        // QEMU connects once, at start-up, and gives up at once when nobody listens; probing
-        // with a connection of our own is no option either, as the backend would take it for
-        // QEMU's. The kernel's table of Unix sockets tells without touching it.
-        daemon.wait_ready(&format!("does not listen on {}", socket.display()), || {
-            is_listening(&socket)
-        })?;
+            .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+            .collect();
+        let daemon = launch(name, "backend", &args, &backend_socket)?;
+        let keeper = if kept {
+            let keeper_args: [OsString; 4] = [
+                "--socket-path".into(),
+                socket.clone().into(),
+                "--backend".into(),
+                backend_socket.clone().into(),
+            ];
+            let mut keeper = HostDaemon::spawn("vusb-keeper", name, "keeper", keeper_args)?;
+            keeper.wait_ready(&format!("does not listen on {}", socket.display()), || {
+                is_listening(&socket)
+            })?;
+            Some(keeper)
+        } else {
+            None
+        };
         Ok(Backend {
             daemon,
             socket,
+            backend_socket,
+            keeper,
+            name: name.to_owned(),
+            args,
+            restarts: 0,
             _socket_dir: socket_dir,
         })
+    }
+
+    /// Kills the backend with SIGKILL, as a crash would, and starts it again with the same
+    /// arguments; its log goes to `<name>.backend-again-<n>.log`. Without a keeper QEMU loses
+    /// the device for good.
+    pub fn restart(&mut self) -> Result<()> {
+        self.daemon.kill()?;
+        // The dead backend's socket would take connections nobody accepts.
+        let _ = std::fs::remove_file(&self.backend_socket);
+        self.restarts += 1;
+        let suffix = format!("backend-again-{}", self.restarts);
+        self.daemon = launch(&self.name, &suffix, &self.args, &self.backend_socket)?;
+        Ok(())
+    }
+
+    /// The log of the backend started by the `n`-th [`Backend::restart`].
+    pub fn restarted_log(&self, n: u32) -> Result<String> {
+        let path = crate::util::log_dir()?.join(format!("{}.backend-again-{n}.log", self.name));
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// What the keeper has logged so far, if there is one.
+    pub fn keeper_log(&self) -> Result<Option<String>> {
+        self.keeper.as_ref().map(HostDaemon::log).transpose()
     }
 
     /// The vhost-user socket it listens on.
@@ -115,6 +185,18 @@ impl Backend {
     pub fn kill(&mut self) -> Result<()> {
         self.daemon.kill()
     }
+}
+
+/// Starts the backend and waits until it listens on `socket`.
+fn launch(name: &str, log_suffix: &str, args: &[OsString], socket: &Path) -> Result<HostDaemon> {
+    let mut daemon = HostDaemon::spawn("vusb-backend", name, log_suffix, args)?;
+    // QEMU connects once, at start-up, and gives up at once when nobody listens; probing with
+    // a connection of our own is no option either, as the backend would take it for QEMU's.
+    // The kernel's table of Unix sockets tells without touching it.
+    daemon.wait_ready(&format!("does not listen on {}", socket.display()), || {
+        is_listening(socket)
+    })?;
+    Ok(daemon)
 }
 
 /// QEMU arguments that attach the vhost-user backend listening on `socket` as a virtio-usb

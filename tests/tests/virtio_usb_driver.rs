@@ -62,6 +62,15 @@ struct Host {
 
 impl Host {
     fn start(name: &str, dongles: &[Dongle<'_>]) -> Result<Host> {
+        Self::launch(name, dongles, false)
+    }
+
+    /// The same with the backend behind `vusb-keeper`, so that it can be restarted.
+    fn start_kept(name: &str, dongles: &[Dongle<'_>]) -> Result<Host> {
+        Self::launch(name, dongles, true)
+    }
+
+    fn launch(name: &str, dongles: &[Dongle<'_>], kept: bool) -> Result<Host> {
         let exporter_args = dongles
             .iter()
             .flat_map(|d| ["--simulate".to_owned(), d.simulate_arg()]);
@@ -74,7 +83,11 @@ impl Host {
                 ]
             })
             .collect();
-        let backend = Backend::spawn(name, backend_args)?;
+        let backend = if kept {
+            Backend::spawn_kept(name, backend_args)?
+        } else {
+            Backend::spawn(name, backend_args)?
+        };
         Ok(Host { exporter, backend })
     }
 
@@ -333,16 +346,71 @@ fn virtio_usb_driver_exporter_loss_unplugs_and_its_return_replugs() -> Result<()
 /// A paused and resumed VM (QEMU's `stop` and `cont`, as `virsh suspend`/`resume` do): QEMU
 /// stops the vhost-user rings and starts them again where they were, and the backend, which
 /// dropped its requests when they stopped, finds them resumed past 0. It tells the driver
-/// (docs/virtio-usb.md §7.1), which gives back what was in flight, resets the device and gets
-/// its devices back as new ones. Nothing hangs, nothing oopses, and the disk and the sensor
-/// work again.
+/// (docs/virtio-usb.md §7.1), which gives back what was in flight and resets the device.
+/// Nothing hangs, nothing oopses, and the disk and the sensor work again.
 #[test]
 #[ignore = "boots a QEMU guest; run via scripts/test.sh"]
 fn virtio_usb_driver_recovers_from_a_vm_pause() -> Result<()> {
     let name = "virtio_usb_driver_recovers_from_a_vm_pause";
     let dir = tempfile::tempdir()?;
     let image = pendrive_image(dir.path(), 256 * MIB)?;
-    let host = Host::start(name, &[Dongle::Sensor, Dongle::Pendrive(&image)])?;
+    let mut host = Host::start(name, &[Dongle::Sensor, Dongle::Pendrive(&image)])?;
+    let monitor_dir = tempfile::Builder::new().prefix("vusb-qmp-").tempdir()?;
+    let monitor = monitor_dir.path().join("qmp.sock");
+    let monitor_args = [
+        "-qmp".to_owned(),
+        format!("unix:{},server=on,wait=off", monitor.display()),
+    ];
+    recover_with_traffic_running(name, &mut host, &monitor_args, |guest, _| {
+        qmp(&monitor, "stop")?;
+        guest.note("VM stopped (QMP stop)");
+        std::thread::sleep(Duration::from_secs(2));
+        qmp(&monitor, "cont")?;
+        guest.note("VM resumed (QMP cont)");
+        Ok(())
+    })
+}
+
+/// The backend killed (as a crash would) and started again while the guest reads the disk
+/// and the sensor. QEMU is connected to vusb-keeper, which brings the new backend to where
+/// QEMU left the device; the new backend finds the rings further on than that, and tells the
+/// driver (§7.1), which resets the device. QEMU never sees a disconnection (its generic
+/// vhost-user device cannot reconnect), the guest lives on, and the disk and the sensor work
+/// again.
+#[test]
+#[ignore = "boots a QEMU guest; run via scripts/test.sh"]
+fn virtio_usb_driver_survives_a_backend_restart() -> Result<()> {
+    let name = "virtio_usb_driver_survives_a_backend_restart";
+    let dir = tempfile::tempdir()?;
+    let image = pendrive_image(dir.path(), 256 * MIB)?;
+    let mut host = Host::start_kept(name, &[Dongle::Sensor, Dongle::Pendrive(&image)])?;
+    recover_with_traffic_running(name, &mut host, &[], |guest, host| {
+        host.backend.restart()?;
+        guest.note("backend killed and started again");
+        Ok(())
+    })?;
+    let again = host.backend.restarted_log(1)?;
+    assert!(
+        again.contains("asking it to reset the device"),
+        "the restarted backend did not ask for a reset:\n{again}"
+    );
+    let keeper = host.backend.keeper_log()?.unwrap_or_default();
+    assert!(
+        keeper.contains("brought back to the front-end's setup"),
+        "the keeper did not restore the backend:\n{keeper}"
+    );
+    Ok(())
+}
+
+/// Boots a guest reading the pendrive and the sensor, runs `disrupt` while the data flows, and
+/// checks the driver recovers through RESTARTED: what was in flight fails, the device is reset,
+/// and the disk and the sensor work again, with no watchdog reset.
+fn recover_with_traffic_running(
+    name: &str,
+    host: &mut Host,
+    qemu_args: &[String],
+    disrupt: impl FnOnce(&mut Guest, &mut Host) -> Result<()>,
+) -> Result<()> {
     let script = r#"
         load_hcd
         enumerated 1209 0001
@@ -356,38 +424,29 @@ fn virtio_usb_driver_recovers_from_a_vm_pause() -> Result<()> {
         dd_pid=$!
         flowing() { [ $(($(sectors_read sda) - before)) -ge 1024 ]; }
         wait_for 30 flowing || fail "dd did not read 512 KiB within 30 s"
-        echo PAUSE-VM
+        echo DISRUPT
         reset_done() { dmesg | grep -q "device reset; its devices come back"; }
         wait_for 120 reset_done || fail "the driver did not reset the device"
         echo DEVICE-RESET
         dd_ended() { ! kill -0 "$dd_pid" 2>/dev/null; }
-        wait_for 60 dd_ended || fail "dd still hangs after the pause"
+        wait_for 60 dd_ended || fail "dd still hangs after the device reset"
         enumerated 1209 0001
         enumerated 1209 0002
         disk() { ls /sys/block | grep '^sd' | head -n1; }
         wait_for 60 sh -c 'ls /sys/block | grep -q "^sd"' || fail "no disk came back"
         dd if=/dev/$(disk) of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null ||
-            fail "cannot read the disk after the pause"
+            fail "cannot read the disk after the device reset"
         wait_for 30 test -c /dev/ttyACM0 || fail "/dev/ttyACM0 did not come back"
         stty -F /dev/ttyACM0 raw -echo || fail "stty failed"
         reading=$(timeout 10 head -n 1 /dev/ttyACM0)
-        [ -n "$reading" ] || fail "no reading from the sensor after the pause"
+        [ -n "$reading" ] || fail "no reading from the sensor after the device reset"
         echo "READING=$reading"
         echo BACK
     "#;
-    let monitor_dir = tempfile::Builder::new().prefix("vusb-qmp-").tempdir()?;
-    let monitor = monitor_dir.path().join("qmp.sock");
-    let config = vhome_config(name, &host.backend, script)?.qemu_args([
-        "-qmp".to_owned(),
-        format!("unix:{},server=on,wait=off", monitor.display()),
-    ]);
+    let config = vhome_config(name, &host.backend, script)?.qemu_args(qemu_args.iter().cloned());
     let mut guest = Guest::boot(config)?;
-    guest.wait_for_line("PAUSE-VM", BOOT)?;
-    qmp(&monitor, "stop")?;
-    guest.note("VM stopped (QMP stop)");
-    std::thread::sleep(Duration::from_secs(2));
-    qmp(&monitor, "cont")?;
-    guest.note("VM resumed (QMP cont)");
+    guest.wait_for_line("DISRUPT", BOOT)?;
+    disrupt(&mut guest, host)?;
     guest.wait_for_line("DEVICE-RESET", Duration::from_secs(150))?;
     guest.wait_for_line("BACK", Duration::from_secs(180))?;
     finish(&mut guest)?;
