@@ -122,6 +122,14 @@ fn systemd_units_pass_systemd_analyze() -> Result<()> {
     )?;
     assert_eq!(complaints, "", "vusb-backend@.service");
 
+    let keeper = fake_binary(bin.path(), "vusb-keeper")?;
+    let complaints = verify_unit(
+        "vusb-keeper@.service",
+        "vusb-keeper@guest1.service",
+        &[("/usr/local/bin/vusb-keeper", keeper.display().to_string())],
+    )?;
+    assert_eq!(complaints, "", "vusb-keeper@.service");
+
     let exporter = fake_binary(bin.path(), "hrh-exporter")?;
     let complaints = verify_unit(
         "hrh-exporter.service",
