@@ -297,9 +297,9 @@ struct vusb_rh {
  * @events: eventq buffers
  * @ctrl_work: handles controlq and eventq completions in process context
  * @restart_work: resets and re-initialises a device that lost its state
- * @cancel_watch: looks for CANCELs the device leaves unanswered
- * @cancels_out: CANCELs sent and not answered
- * @cancel_progress: when a CANCEL was last answered, or the first one sent
+ * @cancel_watch: looks for cancelled requests the device never gives back
+ * @cancels_out: requests cancelled and not yet given back
+ * @cancel_progress: when one last came back, or the first was cancelled
  * @dying: the device is being removed: nothing more goes to it
  * @restarting: the device is being reset: nothing goes to it meanwhile
  * @vqs_gone: re-initialisation failed; the device is unusable
@@ -367,5 +367,6 @@ void vusb_giveback_all(struct vusb *vu);
 void vusb_ctrl_submit(struct vusb *vu, struct vusb_ctrl *ctrl);
 void vusb_ctrl_release(struct vusb_ctrl *ctrl);
 void vusb_cancel_sent(struct vusb *vu);
+void vusb_cancel_settled(struct vusb *vu);
 
 #endif /* VIRTIO_USB_H */

@@ -70,15 +70,25 @@ void vusb_ctrl_release(struct vusb_ctrl *ctrl)
 }
 
 /*
- * A CANCEL went out. The watch resets a device that leaves CANCELs
- * unanswered: their URBs, and whoever waits on them, would wait forever.
- * Called with vu->lock held.
+ * A CANCEL went out. The watch resets a device that never gives the
+ * cancelled request back, whatever it answered to the CANCEL: the URB, and
+ * whoever waits on it (usb-core's hub thread, usb-storage's error
+ * handling), would wait forever. Called with vu->lock held.
  */
 void vusb_cancel_sent(struct vusb *vu)
 {
 	if (!vu->cancels_out++)
 		vu->cancel_progress = jiffies;
 	schedule_delayed_work(&vu->cancel_watch, VUSB_CANCEL_CHECK);
+}
+
+/* A cancelled request came back. Called with vu->lock held. */
+void vusb_cancel_settled(struct vusb *vu)
+{
+	if (vu->cancels_out) {
+		vu->cancels_out--;
+		vu->cancel_progress = jiffies;
+	}
 }
 
 static void vusb_cancel_watch(struct work_struct *work)
@@ -141,12 +151,8 @@ static void vusb_ctrl_work(struct work_struct *work)
 					     len, sizeof(ctrl->resp));
 			ctrl->resp.status = cpu_to_le32(VIRTIO_USB_S_PROTOCOL);
 		}
-		if (!ctrl->owner) {
+		if (!ctrl->owner)
 			vusb_port_reset_done(vu, ctrl);
-		} else if (vu->cancels_out) {
-			vu->cancels_out--;
-			vu->cancel_progress = jiffies;
-		}
 		vusb_ctrl_release(ctrl);
 	}
 	vusb_ctrl_flush_pending(vu);

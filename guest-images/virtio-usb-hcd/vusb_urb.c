@@ -474,6 +474,8 @@ void vusb_request_done(struct virtqueue *vq)
 			vu->in_flight--;
 			req->queued = false;
 			req->status = vusb_req_result(req, used);
+			if (req->cancel_sent)
+				vusb_cancel_settled(vu);
 			usb_hcd_unlink_urb_from_ep(req->hcd, req->urb);
 			list_add_tail(&req->node, &done);
 		}
