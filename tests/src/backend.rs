@@ -53,6 +53,7 @@ pub struct Backend {
     backend_socket: PathBuf,
     /// `vusb-keeper`, holding QEMU's connection across backend restarts.
     keeper: Option<HostDaemon>,
+    program: &'static str,
     name: String,
     args: Vec<OsString>,
     restarts: u32,
@@ -67,7 +68,17 @@ impl Backend {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Self::start(name, args, false)
+        Self::start(name, "vusb-backend", &[], args, false)
+    }
+
+    /// `vusb-hostile FAULT` instead: vusb-backend's device with a deliberate fault (see
+    /// `tests/src/bin/vusb-hostile.rs`), for the driver's bad-input tests.
+    pub fn spawn_hostile<I, S>(name: &str, fault: &str, args: I) -> Result<Backend>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::start(name, "vusb-hostile", &[fault], args, false)
     }
 
     /// The same behind `vusb-keeper`: QEMU connects to the keeper, which holds the connection
@@ -78,10 +89,16 @@ impl Backend {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Self::start(name, args, true)
+        Self::start(name, "vusb-backend", &[], args, true)
     }
 
-    fn start<I, S>(name: &str, args: I, kept: bool) -> Result<Backend>
+    fn start<I, S>(
+        name: &str,
+        program: &'static str,
+        leading: &[&str],
+        args: I,
+        kept: bool,
+    ) -> Result<Backend>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -101,11 +118,13 @@ impl Backend {
         } else {
             socket.clone()
         };
-        let args: Vec<OsString> = ["--socket-path".into(), backend_socket.clone().into()]
-            .into_iter()
+        let args: Vec<OsString> = leading
+            .iter()
+            .map(OsString::from)
+            .chain(["--socket-path".into(), backend_socket.clone().into()])
             .chain(args.into_iter().map(|a| a.as_ref().to_owned()))
             .collect();
-        let daemon = launch(name, "backend", &args, &backend_socket)?;
+        let daemon = launch(program, name, "backend", &args, &backend_socket)?;
         let keeper = if kept {
             let keeper_args: [OsString; 4] = [
                 "--socket-path".into(),
@@ -126,6 +145,7 @@ impl Backend {
             socket,
             backend_socket,
             keeper,
+            program,
             name: name.to_owned(),
             args,
             restarts: 0,
@@ -142,7 +162,13 @@ impl Backend {
         let _ = std::fs::remove_file(&self.backend_socket);
         self.restarts += 1;
         let suffix = format!("backend-again-{}", self.restarts);
-        self.daemon = launch(&self.name, &suffix, &self.args, &self.backend_socket)?;
+        self.daemon = launch(
+            self.program,
+            &self.name,
+            &suffix,
+            &self.args,
+            &self.backend_socket,
+        )?;
         Ok(())
     }
 
@@ -188,8 +214,14 @@ impl Backend {
 }
 
 /// Starts the backend and waits until it listens on `socket`.
-fn launch(name: &str, log_suffix: &str, args: &[OsString], socket: &Path) -> Result<HostDaemon> {
-    let mut daemon = HostDaemon::spawn("vusb-backend", name, log_suffix, args)?;
+fn launch(
+    program: &'static str,
+    name: &str,
+    log_suffix: &str,
+    args: &[OsString],
+    socket: &Path,
+) -> Result<HostDaemon> {
+    let mut daemon = HostDaemon::spawn(program, name, log_suffix, args)?;
     // QEMU connects once, at start-up, and gives up at once when nobody listens; probing with
     // a connection of our own is no option either, as the backend would take it for QEMU's.
     // The kernel's table of Unix sockets tells without touching it.
