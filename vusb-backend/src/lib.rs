@@ -21,3 +21,15 @@ pub mod upcalls;
 pub mod usbip_client;
 pub mod vhost_user;
 pub mod virtio_usb;
+
+/// Logs to stderr at `RUST_LOG` (default `info`), in colour only on a
+/// terminal: the daemons' logs usually end up in journald or a file.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -14,13 +14,7 @@ use vusb_backend::virtio_usb::{Controller, Limits};
 use vusb_backend::{daemon, upcalls};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    vusb_backend::init_logging();
     let args = Args::parse();
     if let Err(e) = args.validate() {
         eprintln!("error: {e}");

@@ -29,13 +29,7 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    vusb_backend::init_logging();
     let args = Args::parse();
     if args.socket_path == args.backend {
         eprintln!("error: --socket-path and --backend name the same socket");
