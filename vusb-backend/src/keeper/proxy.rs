@@ -287,3 +287,63 @@ fn hung_up(s: &UnixStream, timeout: Duration) -> io::Result<bool> {
     }
     Ok(fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keeper::message::{request, FLAG_VERSION};
+
+    fn pair() -> (UnixStream, UnixStream) {
+        UnixStream::pair().unwrap()
+    }
+
+    #[test]
+    fn a_message_and_its_descriptors_pass_through_whole() {
+        let (a, b) = pair();
+        let (fd_end, _keep) = pair();
+        let fd: OwnedFd = fd_end.into();
+        let mut m = Message::new(
+            request::SET_VRING_KICK,
+            FLAG_VERSION,
+            vec![2, 0, 0, 0, 0, 0, 0, 0],
+        );
+        m.fds.push(Arc::new(fd));
+        write_message(&a, &m).unwrap();
+        let Ok(got) = read_message(&b) else {
+            panic!("the message did not arrive whole")
+        };
+        assert_eq!(got.header, m.header);
+        assert_eq!(got.payload, m.payload);
+        assert_eq!(got.fds.len(), 1);
+        assert_eq!(got.vring_index(), Some(2));
+    }
+
+    #[test]
+    fn an_oversized_or_cut_message_ends_the_connection() {
+        let (a, b) = pair();
+        let huge = Header {
+            request: request::SET_MEM_TABLE,
+            flags: FLAG_VERSION,
+            size: MAX_PAYLOAD + 1,
+        };
+        (&a).write_all(&huge.to_bytes()).unwrap();
+        assert!(
+            matches!(read_message(&b), Err(ReadError::Gone(e)) if e.kind() == io::ErrorKind::InvalidData)
+        );
+
+        let (a, b) = pair();
+        let cut = Header {
+            request: request::SET_FEATURES,
+            flags: FLAG_VERSION,
+            size: 8,
+        };
+        (&a).write_all(&cut.to_bytes()).unwrap();
+        (&a).write_all(&[1, 2, 3]).unwrap();
+        drop(a);
+        assert!(read_message(&b).is_err());
+
+        let (a, b) = pair();
+        drop(a);
+        assert!(read_message(&b).is_err());
+    }
+}
