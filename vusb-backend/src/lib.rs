@@ -6,6 +6,7 @@
 //! * [`virtio_usb`]: the device model — the spec's layouts, descriptor
 //!   chains, the controller's state — with no vhost plumbing;
 //! * [`usbip_client`]: the USB/IP client engine that imports each device;
+//! * [`usbredir`]: the usbredir front-end for QEMU's `usb-redir`, no I/O;
 //! * [`vhost`]: the vhost-user backend gluing vrings to the model;
 //! * [`remote`], [`config`]: naming devices and the command line;
 //! * [`keeper`]: `vusb-keeper`, which holds QEMU's connection across
@@ -19,6 +20,7 @@ pub mod sim_driver;
 pub mod transfer;
 pub mod upcalls;
 pub mod usbip_client;
+pub mod usbredir;
 pub mod vhost_user;
 pub mod virtio_usb;
 
