@@ -81,6 +81,22 @@ impl Backend {
         Self::start(name, "vusb-hostile", &[fault], args, false)
     }
 
+    /// `vusb-backend --frontend usbredir` for one device: QEMU attaches it with `usb-redir`
+    /// ([`Backend::usbredir_qemu_args`]).
+    pub fn spawn_usbredir<I, S>(name: &str, args: I) -> Result<Backend>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::start(
+            name,
+            "vusb-backend",
+            &["--frontend", "usbredir"],
+            args,
+            false,
+        )
+    }
+
     /// The same behind `vusb-keeper`: QEMU connects to the keeper, which holds the connection
     /// while the backend is restarted ([`Backend::restart`]). The keeper's log goes to
     /// `<name>.keeper.log`.
@@ -191,6 +207,19 @@ impl Backend {
     /// QEMU arguments that attach this backend to a guest (see [`vhost_user_usb_args`]).
     pub fn qemu_args(&self, id: &str) -> Vec<String> {
         vhost_user_usb_args(id, &self.socket)
+    }
+
+    /// QEMU arguments that put the usbredir backend's device on an emulated xHCI controller:
+    /// `qemu-xhci` and `usb-redir` on a chardev that reconnects when the backend restarts.
+    pub fn usbredir_qemu_args(&self, id: &str) -> Vec<String> {
+        vec![
+            "-device".into(),
+            format!("qemu-xhci,id={id}-xhci"),
+            "-chardev".into(),
+            format!("socket,id={id},path={},reconnect=1", self.socket.display()),
+            "-device".into(),
+            format!("usb-redir,chardev={id},bus={id}-xhci.0"),
+        ]
     }
 
     pub fn log_path(&self) -> &Path {

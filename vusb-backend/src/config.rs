@@ -37,11 +37,31 @@ pub struct Args {
     /// Refuse isochronous transfers (do not offer VIRTIO_USB_F_ISO).
     #[arg(long)]
     pub no_iso: bool,
+
+    /// What QEMU attaches: `vhost-user`, a virtio-usb controller for the
+    /// guest's virtio_usb_hcd driver (any number of devices), or
+    /// `usbredir`, one device for QEMU's `usb-redir` on an emulated USB
+    /// controller (no guest driver; exactly one `--device`).
+    #[arg(long, value_enum, default_value_t = Frontend::VhostUser)]
+    pub frontend: Frontend,
+}
+
+/// The front-ends vusb-backend can present devices through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Frontend {
+    VhostUser,
+    Usbredir,
 }
 
 impl Args {
     /// Checks what clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.frontend == Frontend::Usbredir && self.devices.len() != 1 {
+            return Err(format!(
+                "--frontend usbredir serves one device per socket; {} given",
+                self.devices.len()
+            ));
+        }
         if self.devices.len() > usize::from(MAX_PORTS_PER_HUB) {
             return Err(format!(
                 "{} devices given; one controller takes at most {MAX_PORTS_PER_HUB}",
@@ -62,6 +82,40 @@ mod tests {
                 .map_err(|e| e.to_string())?;
         args.validate()?;
         Ok(args)
+    }
+
+    #[test]
+    fn usbredir_takes_exactly_one_device() {
+        let one = parse(&[
+            "--frontend",
+            "usbredir",
+            "--socket-path",
+            "/run/vusb/r.sock",
+            "--device",
+            "tcp://hrh/1-1",
+        ])
+        .unwrap();
+        assert_eq!(one.frontend, Frontend::Usbredir);
+        let two = parse(&[
+            "--frontend",
+            "usbredir",
+            "--socket-path",
+            "/run/vusb/r.sock",
+            "--device",
+            "tcp://hrh/1-1",
+            "--device",
+            "tcp://hrh/1-2",
+        ]);
+        assert!(two.unwrap_err().contains("one device per socket"));
+        assert!(parse(&[
+            "--frontend",
+            "usb",
+            "--socket-path",
+            "x",
+            "--device",
+            "tcp://h/1-1"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod daemon;
 pub mod keeper;
+pub mod poll;
 pub mod remote;
 pub mod sim_driver;
 pub mod transfer;

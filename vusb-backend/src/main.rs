@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::info;
-use vusb_backend::config::Args;
+use vusb_backend::config::{Args, Frontend};
 use vusb_backend::transfer::{PortLayout, Ports, UpcallSink};
 use vusb_backend::usbip_client::UsbipClient;
 use vusb_backend::vhost_user::VusbBackend;
@@ -43,6 +43,9 @@ fn run(args: Args) -> Result<()> {
         .spawn(move || exit_on_signal(&signals, socket))
         .context("starting the signal thread")?;
 
+    if args.frontend == Frontend::Usbredir {
+        return vusb_backend::usbredir::serve::serve_forever(&args.devices[0], &args.socket_path);
+    }
     let layout = PortLayout::for_devices(args.devices.len());
     let (sender, receiver) = upcalls::channel().context("creating the upcall channel")?;
     for (i, d) in args.devices.iter().enumerate() {

@@ -239,53 +239,34 @@ fn kick(fd: &OwnedFd) -> io::Result<()> {
 
 /// Waits until either stream has something to read (or was closed).
 fn poll_two(a: &UnixStream, b: &UnixStream) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd: a.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd for the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc >= 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-    Ok((ready(&fds[0]), ready(&fds[1])))
+    let ready = crate::poll::readable(&[a.as_raw_fd(), b.as_raw_fd()], None)?;
+    Ok((ready[0], ready[1]))
 }
 
 /// Waits up to `timeout` and says whether the peer of `s` hung up. Data it
 /// sent meanwhile is left unread.
 fn hung_up(s: &UnixStream, timeout: Duration) -> io::Result<bool> {
-    let mut fd = libc::pollfd {
-        fd: s.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the call.
-    let rc = unsafe { libc::poll(&mut fd, 1, ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+    if !crate::poll::readable(&[s.as_raw_fd()], Some(timeout))?[0] {
+        return Ok(false);
     }
-    Ok(fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+    // Readable: hung up only if nothing is left to read.
+    let mut byte = [0u8; 1];
+    // SAFETY: peeks at most one byte into a live buffer.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n == 0 {
+        return Ok(true);
+    }
+    // Data waiting is no reason to come back early: the caller retries at
+    // its own pace.
+    std::thread::sleep(timeout);
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -89,6 +89,7 @@ mod descriptors;
 mod device;
 mod lifecycle;
 mod requests;
+pub mod serve;
 mod session;
 mod streams;
 mod transfers;

@@ -1,0 +1,138 @@
+//! The usbredir front-end's I/O: a Unix socket that QEMU's `usb-redir`
+//! chardev connects to, one connection at a time, served from one thread.
+//!
+//! Each connection imports the device afresh and drops the import when it
+//! ends: whatever the old connection had in flight dies with it, and a
+//! reconnecting QEMU (`reconnect-ms` on its chardev) meets the device as
+//! new, as the protocol expects.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bytes::BytesMut;
+use tracing::{info, warn};
+use usbredir_proto::{Packet, Sender};
+
+use super::{Action, Session, DEFAULT_CAPS};
+use crate::remote::RemoteDevice;
+use crate::transfer::{PortLayout, Ports, UpcallSink};
+use crate::upcalls;
+use crate::usbip_client::UsbipClient;
+
+/// Read size per wake-up; a packet larger than this arrives over several.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Serves QEMU connections on `socket`, one after another, each with
+/// `device` imported for it.
+pub fn serve_forever(device: &RemoteDevice, socket: &Path) -> Result<()> {
+    // A socket left by an earlier run would make bind fail.
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+    info!(socket = %socket.display(), device = %device, "listening for QEMU's usb-redir");
+    loop {
+        let (stream, _) = listener.accept().context("accepting a connection")?;
+        info!("usb-redir connected");
+        match serve_connection(device, stream) {
+            Ok(()) => info!("usb-redir disconnected"),
+            Err(e) => warn!("usb-redir connection ended: {e:#}"),
+        }
+    }
+}
+
+fn serve_connection(device: &RemoteDevice, stream: UnixStream) -> Result<()> {
+    let (sender, receiver) = upcalls::channel().context("creating the upcall channel")?;
+    let sink: Arc<dyn UpcallSink> = sender;
+    let client = UsbipClient::start(vec![device.clone()], PortLayout::for_devices(1), sink)
+        .context("starting the USB/IP client")?;
+    let mut session = Session::new(DEFAULT_CAPS);
+    let hello = session.start();
+    let mut conn = Connection {
+        stream,
+        out: BytesMut::new(),
+        client: &client,
+    };
+    conn.send(&hello, &session)?;
+    conn.flush()?;
+
+    let mut inbuf = BytesMut::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let ready = crate::poll::readable(&[conn.stream.as_raw_fd(), receiver.fd()], None)?;
+        if ready[0] {
+            let n = (&conn.stream)
+                .read(&mut chunk)
+                .context("reading from QEMU")?;
+            if n == 0 {
+                return Ok(());
+            }
+            inbuf.extend_from_slice(&chunk[..n]);
+            loop {
+                let packet = match Packet::decode(&mut inbuf, session.caps(), Sender::Guest) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => bail!("QEMU sent a bad packet: {e}"),
+                };
+                let actions = session.on_packet(packet);
+                if !conn.run(actions, &session)? {
+                    return Ok(());
+                }
+            }
+        }
+        if ready[1] {
+            for upcall in receiver.drain() {
+                let actions = session.on_upcall(upcall);
+                if !conn.run(actions, &session)? {
+                    return Ok(());
+                }
+            }
+        }
+        conn.flush()?;
+    }
+}
+
+/// One connection's output side.
+struct Connection<'a> {
+    stream: UnixStream,
+    out: BytesMut,
+    client: &'a UsbipClient,
+}
+
+impl Connection<'_> {
+    /// Carries out `actions`; `false` when the session ended the connection.
+    fn run(&mut self, actions: Vec<Action>, session: &Session) -> Result<bool> {
+        for action in actions {
+            match action {
+                Action::Send(p) => self.send(&p, session)?,
+                Action::Submit(t) => self.client.submit(t),
+                Action::Cancel { port, tag } => self.client.cancel(port, tag),
+                Action::ResetPort { port, token } => self.client.reset_port(port, token),
+                Action::Close(why) => {
+                    warn!("closing the usb-redir connection: {why}");
+                    self.flush()?;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn send(&mut self, p: &Packet, session: &Session) -> Result<()> {
+        p.encode(session.caps(), Sender::Host, &mut self.out)
+            .with_context(|| format!("encoding {p:?}"))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.out.is_empty() {
+            (&self.stream)
+                .write_all(&self.out)
+                .context("writing to QEMU")?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
