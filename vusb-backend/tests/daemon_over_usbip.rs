@@ -329,3 +329,77 @@ fn a_backend_restarted_behind_the_keeper_asks_for_a_reset_and_serves_again() {
     assert_eq!((back.id, back.data), (6, payload));
     exporter.stop();
 }
+
+/// The usbredir front-end refuses a peer that breaks the protocol: that
+/// connection is closed with a log line, and the next peer is served.
+#[test]
+fn usbredir_front_end_closes_a_bad_peer_and_serves_the_next() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use usbredir_proto::{Body, Caps, Hello, Packet, Sender};
+
+    let exporter = Exporter::start(SimKind::Sensor, "127.0.0.1:0");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redir.sock");
+    let device = format!("tcp://{}/1-1", exporter.addr);
+    let _backend = Process::spawn(
+        env!("CARGO_BIN_EXE_vusb-backend"),
+        &[
+            "--frontend",
+            "usbredir",
+            "--socket-path",
+            socket.to_str().unwrap(),
+            "--device",
+            &device,
+        ],
+    );
+    wait_for(&socket);
+
+    // Reads packets from the backend until `want` says stop, or EOF.
+    let read_until = |s: &mut UnixStream, want: &dyn Fn(&Packet) -> bool| -> Option<Packet> {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Ok(Some(p)) = Packet::decode(&mut buf, Caps::empty(), Sender::Host) {
+                if want(&p) {
+                    return Some(p);
+                }
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+
+    // An unknown packet type: the backend hangs up.
+    let mut bad = UnixStream::connect(&socket).unwrap();
+    let hello = read_until(&mut bad, &|p| matches!(p.body, Body::Hello(_)));
+    assert!(hello.is_some(), "no hello from the backend");
+    bad.write_all(&[0xee, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    bad.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    // EOF, not a timeout: the backend closed its end.
+    bad.read_to_end(&mut rest)
+        .expect("the connection stayed open");
+
+    // A well-behaved peer (no capabilities, so 32-bit ids) gets the device.
+    let mut good = UnixStream::connect(&socket).unwrap();
+    let mut out = bytes::BytesMut::new();
+    Packet::new(0, Body::Hello(Hello::new("test usb-guest", Caps::empty())))
+        .encode(Caps::empty(), Sender::Guest, &mut out)
+        .unwrap();
+    good.write_all(&out).unwrap();
+    let connect = read_until(&mut good, &|p| matches!(p.body, Body::DeviceConnect(_)));
+    let Some(Packet {
+        body: Body::DeviceConnect(c),
+        ..
+    }) = connect
+    else {
+        panic!("the device was not announced to the next peer")
+    };
+    assert_eq!((c.vendor_id, c.product_id), (0x1209, 0x0001));
+    exporter.stop();
+}
