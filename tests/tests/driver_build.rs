@@ -1,7 +1,7 @@
 //! The guest driver builds, warning-free, against Debian 13's own kernel headers (in the
-//! trixie chroot, with trixie's compiler) and against the 6.12 kernel Debian 12 gets from
-//! bookworm-backports, besides the 6.1 kernel the test guests boot. Run with the VM tests
-//! (`--run-ignored only`), as they may install headers packages.
+//! trixie chroot, with trixie's compiler) and against the 6.12 kernel Debian 12 also ships
+//! (linux-6.12 in bookworm's security updates), besides the 6.1 kernel the test guests boot.
+//! Run with the VM tests (`--run-ignored only`), as they may install headers packages.
 
 use std::path::Path;
 use std::process::Command;
@@ -46,7 +46,7 @@ fn kernel_6_12() -> Result<String> {
         .filter_map(|l| l.split_whitespace().next().and_then(plain))
         .collect();
     newest(known).context(
-        "no linux-headers-6.12.*-amd64 installed or known to apt (enable bookworm-backports)",
+        "no linux-headers-6.12.*-amd64 installed or known to apt (apt-get update, with bookworm-security in apt's sources)",
     )
 }
 
