@@ -94,3 +94,16 @@ pub fn pendrive_image(dir: &Path, size: u64) -> Result<PathBuf> {
         .with_context(|| format!("creating {}", path.display()))?;
     Ok(path)
 }
+
+/// The SHA-256, in lowercase hex as `sha256sum` prints it, of the first `len` bytes of the
+/// image at `path`: what a guest wrote there, seen from the host.
+pub fn image_head_sha256(path: &Path, len: u64) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+
+    let mut head = vec![0u8; usize::try_from(len)?];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("reading {len} bytes of {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&head)))
+}

@@ -31,7 +31,7 @@ pub mod vhome_image;
 
 pub use assets::{guest_assets, GuestAssets};
 pub use backend::{vhost_user_usb_args, Backend};
-pub use exporter::{pendrive_image, workspace_binary, Exporter};
+pub use exporter::{image_head_sha256, pendrive_image, workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
 pub use hrh::{boot_client, exporter_files, find_device, Hrh, HrhConfig, HrhDevice, Server};
 pub use remote::{Output, Remote};

@@ -5,14 +5,11 @@
 //! Run with `cargo nextest run -p vusb-vm-tests --run-ignored only` after
 //! `cargo build --workspace` (or through scripts/test.sh).
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
-use vusb_vm_tests::{pendrive_image, Exporter, Guest, GuestConfig};
+use vusb_vm_tests::{image_head_sha256, pendrive_image, Exporter, Guest, GuestConfig};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -183,11 +180,7 @@ fn pendrive_write_read_back_and_persist() -> Result<()> {
     let guest_hash = guest
         .marker("DATA-SHA256")
         .context("no DATA-SHA256 marker")?;
-    let mut head = Vec::new();
-    File::open(&image)?
-        .take(DATA_MIB * MIB)
-        .read_to_end(&mut head)?;
-    let host_hash = hex(&Sha256::digest(&head));
+    let host_hash = image_head_sha256(&image, DATA_MIB * MIB)?;
     assert_eq!(
         host_hash, guest_hash,
         "the image's first {DATA_MIB} MiB are not what the guest wrote"
@@ -301,8 +294,4 @@ fn killing_the_exporter_mid_transfer_frees_the_guest() -> Result<()> {
         bail!("the guest needed {elapsed:?} after the kill to let go of the device");
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

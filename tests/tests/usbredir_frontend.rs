@@ -6,13 +6,10 @@
 
 use std::time::Duration;
 
-use std::io::Read;
-
 use anyhow::{bail, Result};
-use sha2::{Digest, Sha256};
 use vusb_vm_tests::hrh::COMMON_FUNCTIONS;
 use vusb_vm_tests::vhome_guest::check_console;
-use vusb_vm_tests::{pendrive_image, Backend, Exporter, Guest, GuestConfig};
+use vusb_vm_tests::{image_head_sha256, pendrive_image, Backend, Exporter, Guest, GuestConfig};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -108,9 +105,7 @@ fn usbredir_pendrive_write_read_back() -> Result<()> {
         echo "SHA=$sum"
     "#;
     let guest = run_guest(name, &mut backend, script, |_, _| Ok(()))?;
-    let mut head = vec![0u8; 4 << 20];
-    std::fs::File::open(&image)?.read_exact(&mut head)?;
-    let on_disk = format!("{:x}", Sha256::digest(&head));
+    let on_disk = image_head_sha256(&image, 4 << 20)?;
     assert_eq!(guest.marker("SHA").as_deref(), Some(on_disk.as_str()));
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! -E 'test(/virtio_usb_driver/)'` (or through scripts/test.sh).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -20,10 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use vusb_vm_tests::vhome_guest::{check_console, vhome_config};
 use vusb_vm_tests::{
-    log_dir, pendrive_image, wait_until, workspace_binary, Backend, Exporter, Guest,
+    image_head_sha256, log_dir, pendrive_image, wait_until, workspace_binary, Backend, Exporter,
+    Guest,
 };
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
@@ -119,10 +119,6 @@ fn assert_enumerated(guest: &Guest, ids: &[&str]) {
             "{id} did not enumerate behind the virtio-usb controller: {lines:#?}"
         );
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -241,12 +237,8 @@ fn virtio_usb_driver_pendrive_write_read_back() -> Result<()> {
     let guest_hash = guest
         .marker("DATA-SHA256")
         .context("no DATA-SHA256 marker")?;
-    let mut head = Vec::new();
-    File::open(&image)?
-        .take(DATA_MIB * MIB)
-        .read_to_end(&mut head)?;
     assert_eq!(
-        hex(&Sha256::digest(&head)),
+        image_head_sha256(&image, DATA_MIB * MIB)?,
         guest_hash,
         "the image's first {DATA_MIB} MiB are not what the guest wrote"
     );
