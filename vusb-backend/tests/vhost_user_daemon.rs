@@ -4,7 +4,7 @@
 //! The devices behind the ports are an in-memory twin; the USB/IP engine
 //! has its own tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +112,26 @@ fn start_daemon() -> (tempfile::TempDir, PathBuf) {
         std::thread::sleep(Duration::from_millis(10));
     }
     (dir, socket)
+}
+
+/// Driver options as a Linux guest negotiates them (EVENT_IDX).
+fn linux_like() -> Options {
+    Options {
+        event_idx: true,
+        ..Options::default()
+    }
+}
+
+/// A driver ([`linux_like`]) whose device is up and has answered request 1,
+/// with request 2 on endpoint 0x85, which the twin never answers, in flight.
+fn driver_with_a_request_parked(socket: &Path) -> SimDriver {
+    let mut d = SimDriver::connect(socket, linux_like()).unwrap();
+    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
+    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
+    let done = d.wait_transfer(WAIT).unwrap();
+    assert_eq!((done.id, done.resp.status), (1, 0));
+    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+    d
 }
 
 /// A bulk transfer to the twin on port 1 (IN or OUT by `endpoint`).
@@ -275,15 +295,8 @@ fn a_new_front_end_is_served_and_told_about_the_device_again() {
 #[test]
 fn stopped_rings_are_left_alone_and_the_daemon_keeps_answering() {
     let (_dir, socket) = start_daemon();
-    let options = Options {
-        event_idx: true,
-        ..Options::default()
-    };
-    let mut d = SimDriver::connect(&socket, options).unwrap();
-    d.wait_event(WAIT).unwrap();
-    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
-    assert_eq!(d.wait_transfer(WAIT).unwrap().resp.status, 0);
-    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+    let options = linux_like();
+    let mut d = driver_with_a_request_parked(&socket);
     d.stop_rings().unwrap();
     d.kick_queue(REQUEST_QUEUE).unwrap();
     d.kick_queue(CONTROL_QUEUE).unwrap();
@@ -318,16 +331,8 @@ fn stopped_rings_are_left_alone_and_the_daemon_keeps_answering() {
 #[test]
 fn rings_resumed_by_a_reconnecting_front_end_get_restarted_not_replayed() {
     let (_dir, socket) = start_daemon();
-    let options = Options {
-        event_idx: true,
-        ..Options::default()
-    };
-    let mut d = SimDriver::connect(&socket, options).unwrap();
-    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
-    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
-    assert_eq!(d.wait_transfer(WAIT).unwrap().id, 1);
-    // Never answered: still on the ring when the connection goes.
-    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+    let options = linux_like();
+    let mut d = driver_with_a_request_parked(&socket);
 
     d.reconnect(&socket).unwrap();
     assert_eq!(
@@ -362,16 +367,8 @@ fn rings_resumed_by_a_reconnecting_front_end_get_restarted_not_replayed() {
 #[test]
 fn a_paused_vm_is_told_to_reset_on_a_buffer_it_stocked_before_the_pause() {
     let (_dir, socket) = start_daemon();
-    let options = Options {
-        event_idx: true,
-        ..Options::default()
-    };
-    let mut d = SimDriver::connect(&socket, options).unwrap();
-    assert_eq!(d.wait_event(WAIT).unwrap().0, EVT_CONNECT);
-    d.submit(&bulk_in(1, 0x81, 64), &[], &[]).unwrap();
-    assert_eq!(d.wait_transfer(WAIT).unwrap().id, 1);
-    // Never answered: in flight when the VM pauses.
-    d.submit(&bulk_in(2, 0x85, 64), &[], &[]).unwrap();
+    let options = linux_like();
+    let mut d = driver_with_a_request_parked(&socket);
 
     d.pause_and_resume().unwrap();
     assert_eq!(
