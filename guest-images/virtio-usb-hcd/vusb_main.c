@@ -446,6 +446,22 @@ static void vusb_restart_work(struct work_struct *work)
 		usb_hcd_poll_rh_status(vu->hcd3);
 }
 
+/*
+ * Marks the controller dying, lets a restart under way finish (none starts
+ * after this), stops the watchdog and resets the device, so that it
+ * touches no buffer any more and raises no further interrupt work.
+ */
+static void vusb_stop_device(struct vusb *vu)
+{
+	spin_lock_irq(&vu->lock);
+	vu->dying = true;
+	spin_unlock_irq(&vu->lock);
+	cancel_work_sync(&vu->restart_work);
+	cancel_delayed_work_sync(&vu->cancel_watch);
+	virtio_reset_device(vu->vdev);
+	cancel_work_sync(&vu->ctrl_work);
+}
+
 static int vusb_probe(struct virtio_device *vdev)
 {
 	struct vusb *vu;
@@ -511,13 +527,7 @@ static int vusb_probe(struct virtio_device *vdev)
 	return 0;
 
 err_reset:
-	spin_lock_irq(&vu->lock);
-	vu->dying = true;
-	spin_unlock_irq(&vu->lock);
-	cancel_work_sync(&vu->restart_work);
-	cancel_delayed_work_sync(&vu->cancel_watch);
-	virtio_reset_device(vdev);
-	cancel_work_sync(&vu->ctrl_work);
+	vusb_stop_device(vu);
 	if (vu->hcd3) {
 		usb_remove_hcd(vu->hcd3);
 		usb_put_hcd(vu->hcd3);
@@ -543,14 +553,7 @@ static void vusb_remove(struct virtio_device *vdev)
 {
 	struct vusb *vu = vdev->priv;
 
-	spin_lock_irq(&vu->lock);
-	vu->dying = true;
-	spin_unlock_irq(&vu->lock);
-	// A restart under way finishes first; none starts after this.
-	cancel_work_sync(&vu->restart_work);
-	cancel_delayed_work_sync(&vu->cancel_watch);
-	virtio_reset_device(vdev);
-	cancel_work_sync(&vu->ctrl_work);
+	vusb_stop_device(vu);
 	if (!vu->vqs_gone)
 		vusb_giveback_all(vu);
 
