@@ -7,13 +7,16 @@ PACKAGES=(
     build-essential pkg-config libusb-1.0-0-dev
     # Guests under test: QEMU, Debian's kernel, busybox and the stock USB/IP tools.
     qemu-system-x86 linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux
+    # The stock usbredir exporter, run in the simulated gateway to compare with ours.
+    usbredirect
     # Headers of that kernel, to build the guest's virtio-usb driver against.
     linux-headers-amd64
     # A newer QEMU for vhost-user runs from a Debian trixie chroot.
     debootstrap
     openssh-client # the vHOME image test logs into its guest over ssh
-    # Checks of the operators' files: libvirt's schema validator, systemd's unit checker.
-    libvirt-clients libxml2-utils systemd
+    # Checks of the operators' files: libvirt's schema validator, its QEMU driver (for the
+    # QEMU command line a domain turns into), systemd's unit checker.
+    libvirt-clients libvirt-daemon-driver-qemu libxml2-utils systemd
 )
 
 missing=()
