@@ -6,12 +6,14 @@
 # CACHE_DIR defaults to $VUSB_GUEST_IMAGES_DIR, then to <repo>/target/guest-images.
 # Outputs there: vmlinuz, initramfs.cpio.gz, stamp.
 #
-# The initramfs is a busybox system with the stock Linux USB/IP tools (usbip, usbipd) and the
-# kernel modules both test roles need: the USB/IP client (vhci-hcd + class drivers) and a
-# simulated home gateway (dummy_hcd + configfs gadgets + usbip-host). It also holds this
-# repository's virtio-usb host controller driver, built against the image's kernel
-# (guest-images/build-virtio-usb-hcd.sh), as /opt/virtio-usb-hcd/virtio_usb_hcd.ko: outside the
-# module tree, so that nothing loads it before a test insmods it. Its /init brings up the
+# The initramfs is a busybox system with the stock Linux USB/IP tools (usbip, usbipd), the
+# stock usbredir exporter (usbredirect, which the simulated gateway runs to compare with this
+# repository's usbredir front-end) and the kernel modules both test roles need: the USB/IP
+# client (vhci-hcd + class drivers) and a simulated home gateway (dummy_hcd + configfs gadgets
+# + usbip-host). It also holds this repository's virtio-usb host controller driver, built
+# against the image's kernel (guest-images/build-virtio-usb-hcd.sh), as
+# /opt/virtio-usb-hcd/virtio_usb_hcd.ko: outside the module tree, so that nothing loads it
+# before a test insmods it. Its /init brings up the
 # network of QEMU user networking (guest 10.0.2.15, host reachable at 10.0.2.2), loads
 # vhci-hcd and runs /test.sh, which each test appends as a second cpio archive (the kernel
 # unpacks concatenated archives in order). Test output goes to the second serial port
@@ -34,7 +36,7 @@ die() {
 }
 
 # Packages whose files end up in the image or that the tests run on the host.
-PACKAGES=(linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux qemu-system-x86)
+PACKAGES=(linux-image-amd64 busybox-static usbip usbredirect usb.ids cpio kmod gzip util-linux qemu-system-x86)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
@@ -81,7 +83,8 @@ MODDIR="/lib/modules/$KVER"
 # Input hash: anything that changes the image changes it.
 pkg_versions() {
     local p
-    for p in "$KPKG" "linux-headers-$KVER" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod; do
+    for p in "$KPKG" "linux-headers-$KVER" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod \
+        usbredirect libusbredirhost1 libusbredirparser1 libusb-1.0-0 libglib2.0-0; do
         printf '%s=%s\n' "$p" "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
     done
 }
@@ -143,16 +146,27 @@ copy_file() {
     cp -L "$1" "$STAGE$1"
 }
 
-say "adding usbip, usbipd and their shared libraries"
-for bin in /usr/sbin/usbip /usr/sbin/usbipd; do
-    [ -x "$bin" ] || die "$bin not found (package usbip)"
+# add_binary PATH PACKAGE: copies a program and the shared libraries it links.
+add_binary() {
+    local bin="$1" package="$2" libs
+    [ -x "$bin" ] || die "$bin not found (package $package)"
     copy_file "$bin"
-    # ldd prints "name => /path (addr)" for libraries and "/path (addr)" for the loader.
-    ldd "$bin" | awk '/=>/ { if ($3 ~ /^\//) print $3; next } $1 ~ /^\// { print $1 }' |
+    # ldd prints "name => /path (addr)" for libraries, "name => not found" for missing ones,
+    # and "/path (addr)" for the loader. A missing library would only show in a guest.
+    libs="$(ldd "$bin")" || die "ldd $bin failed"
+    if grep -q 'not found' <<<"$libs"; then
+        die "$bin needs libraries that are missing: $(grep 'not found' <<<"$libs" | tr -s ' \t\n' ' ')"
+    fi
+    awk '/=>/ { if ($3 ~ /^\//) print $3; next } $1 ~ /^\// { print $1 }' <<<"$libs" |
         while read -r lib; do
             [ -e "$STAGE$lib" ] || copy_file "$lib"
         done
-done
+}
+
+say "adding usbip, usbipd, usbredirect and their shared libraries"
+add_binary /usr/sbin/usbip usbip
+add_binary /usr/sbin/usbipd usbip
+add_binary /usr/bin/usbredirect usbredirect
 # usbip prints vendor/product names from it; optional.
 [ -f /usr/share/misc/usb.ids ] && copy_file /usr/share/misc/usb.ids
 

@@ -19,6 +19,10 @@
 //! Both guests serve shell commands ([`Remote`]); the functions of [`HRH_FUNCTIONS`] and
 //! [`CLIENT_FUNCTIONS`] are the vocabulary of the tests. The HRH forwards the server's log to
 //! its test channel with the prefix `server| `, so it shows in the HRH's log as it happens.
+//!
+//! Instead of a USB/IP server, the HRH can run Debian's `usbredirect` on one of its devices
+//! ([`Hrh::start_usbredirect`]): a usbredir server on a TCP port of the guest, which
+//! [`HrhConfig::forward`] makes reachable from the host, where QEMU's `usb-redir` connects.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,13 +127,27 @@ listed_locally() {
     done
 }
 
-# exported_or_dead BUSID...: the server lists all of them, or has exited.
-exported_or_dead() { listed_locally "$@" || ! server_alive; }
+# offered BUSID...: the server offers all of them: it lists each one, or has logged its import
+# since it started. A client that was waiting for the server may import a device at once, and
+# the list leaves imported devices out.
+offered() {
+    usbip list -r 127.0.0.1 >/tmp/local-list 2>&1 || return 1
+    for b in "$@"; do
+        grep -q "^ *$b:" /tmp/local-list ||
+            tail -n +"$(cat /tmp/server.log-from)" "$SERVER_LOG" | grep -q " imported $b (" ||
+            return 1
+    done
+}
+
+# exported_or_dead BUSID...: the server offers all of them, or has exited.
+exported_or_dead() { offered "$@" || ! server_alive; }
 
 # hrh_export SERVER: starts usbipd (binding every device to usbip-host) or hrh-exporter (one
-# --device per bus id) and waits until it lists every device.
+# --device per bus id) and waits until it offers every device.
 hrh_export() {
     kind=$1
+    # Where this server's lines start in the log (offered looks for imports there).
+    echo $(($(wc -l <"$SERVER_LOG") + 1)) >/tmp/server.log-from
     case "$kind" in
     usbipd)
         modprobe usbip-host || return 1
@@ -165,7 +183,7 @@ hrh_export() {
         return 1
     fi
     # shellcheck disable=SC2046
-    if ! listed_locally $(hrh_busids); then
+    if ! offered $(hrh_busids); then
         echo "not every device is exported after 60 s; the server lists:"
         cat /tmp/local-list
         return 1
@@ -204,6 +222,14 @@ serial_listen() {
 }
 serial_send() { printf '%s\n' "$1" >/dev/ttyGS0; }
 serial_expect() { wait_for "$2" grep -q "$1" /tmp/serial.in; }
+# serial_echo TEXT SECONDS: waits for TEXT from the host, prints the first line that came as
+# RECEIVED=… and sends that line back prefixed with "echo:".
+serial_echo() {
+    serial_expect "$1" "$2" || return 1
+    _line=$(head -n 1 /tmp/serial.in | tr -d '\r')
+    echo "RECEIVED=$_line"
+    serial_send "echo:$_line"
+}
 
 # hid_listen: the next output report the host sends, into /tmp/hid.in.
 hid_listen() {
@@ -228,6 +254,61 @@ hid_received() {
 storage_sha256() {
     sync
     echo "IMAGE-SHA256=$(dd if=/tmp/hrh-storage.img bs=1M count="$1" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+}
+
+# device_id NAME: the VID:PID of the device called NAME (acm, storage, …).
+device_id() { hrh_devices | sed -n "s/^HRH-DEVICE name=$1 .* id=\([^ ]*\) .*/\1/p"; }
+
+# tcp_listening PORT: a socket listens on this IPv4 TCP port (state 0A in /proc/net/tcp).
+tcp_listening() {
+    grep -q "^ *[0-9]*: [0-9A-F]*:$(printf '%04X' "$1") 00000000:0000 0A " /proc/net/tcp
+}
+
+# redirect_start NAME PORT: Debian's usbredirect serves the device NAME over usbredir on TCP
+# PORT, on every address (QEMU's port forwarding arrives on the guest's address, not on
+# loopback). It opens the device at once and serves one connection; its output goes to the
+# server log, each line prefixed with "usbredirect NAME: ". It runs at its default verbosity,
+# which logs nothing of usbredirhost's: usbredirect hands what usbredirhost logs as an error
+# to GLib as G_LOG_LEVEL_ERROR, which aborts the program, and an unplugged device makes
+# usbredirhost log errors (failed transfers) before it can tell QEMU the device is gone.
+redirect_start() {
+    _id=$(device_id "$1")
+    [ -n "$_id" ] || { echo "the HRH has no device $1"; return 1; }
+    _pidfile=/tmp/usbredirect-$1.pid
+    rm -f "$_pidfile"
+    echo "starting: usbredirect --device $_id --as 0.0.0.0:$2"
+    # The inner shell records usbredirect's pid ($! out here would be the pipeline's last
+    # part) and how it ends. GLib prints debug messages (the options) only when asked to,
+    # after an empty line each.
+    G_MESSAGES_DEBUG=all sh -c '
+        usbredirect --device "$2" --as "0.0.0.0:$3" 2>&1 &
+        echo $! >"$1"
+        wait $!
+        echo "exited with status $?"' - "$_pidfile" "$_id" "$2" </dev/null |
+        while IFS= read -r _line; do
+            [ -z "$_line" ] || echo "usbredirect $1: $_line"
+        done >>"$SERVER_LOG" &
+    wait_for 10 test -s "$_pidfile" || { echo "usbredirect for $1 did not start"; return 1; }
+    wait_for 30 redirect_listening_or_dead "$1" "$2"
+    redirect_alive "$1" || { echo "usbredirect for $1 exited; see the server log"; return 1; }
+    tcp_listening "$2" || { echo "usbredirect for $1 does not listen on port $2 after 30 s"; return 1; }
+    echo "USBREDIRECT-PID=$(cat "$_pidfile")"
+}
+redirect_listening_or_dead() { tcp_listening "$2" || ! redirect_alive "$1"; }
+
+# redirect_alive NAME: the usbredirect of device NAME still runs.
+redirect_alive() { ! dead "$(cat "/tmp/usbredirect-$1.pid" 2>/dev/null)"; }
+
+# redirect_stop NAME: stops the usbredirect of device NAME (which ends its connection).
+redirect_stop() {
+    _pid=$(cat "/tmp/usbredirect-$1.pid") || return 1
+    dead "$_pid" && echo "USBREDIRECT-HAD-EXITED=yes"
+    kill "$_pid" 2>/dev/null
+    if ! wait_for 20 dead "$_pid"; then
+        echo "usbredirect ignored SIGTERM for 20 s"
+        kill -9 "$_pid"
+    fi
+    rm -f "/tmp/usbredirect-$1.pid"
 }
 "#;
 
@@ -410,6 +491,8 @@ pub struct HrhConfig {
     storage_mib: u32,
     with_exporter: bool,
     rust_log: String,
+    /// Guest TCP ports forwarded from the host besides the USB/IP port.
+    forwards: Vec<u16>,
 }
 
 impl HrhConfig {
@@ -420,6 +503,7 @@ impl HrhConfig {
             storage_mib: 16,
             with_exporter: false,
             rust_log: "info".to_owned(),
+            forwards: Vec::new(),
         }
     }
 
@@ -439,6 +523,17 @@ impl HrhConfig {
         self.rust_log = filter.to_owned();
         self
     }
+
+    /// Forwards a free host port to the HRH's TCP port `guest_port` as well (for usbredirect,
+    /// [`Hrh::start_usbredirect`]); [`Hrh::forwarded_port`] tells which.
+    pub fn forward(mut self, guest_port: u16) -> Self {
+        assert!(
+            guest_port != HRH_GUEST_PORT && !self.forwards.contains(&guest_port),
+            "guest port {guest_port} is forwarded already"
+        );
+        self.forwards.push(guest_port);
+        self
+    }
 }
 
 /// The HRH guest.
@@ -446,6 +541,8 @@ impl HrhConfig {
 pub struct Hrh {
     remote: Remote,
     port: u16,
+    /// (guest port, host port) of [`HrhConfig::forward`].
+    forwards: Vec<(u16, u16)>,
     wav_path: PathBuf,
 }
 
@@ -494,11 +591,18 @@ vusb_serve
                 guest = guest.file(&path, contents, 0o755);
             }
         }
+        let mut forwards = Vec::new();
+        for &guest_port in &config.forwards {
+            let host_port = free_port()?;
+            guest = guest.host_forward(host_port, guest_port);
+            forwards.push((guest_port, host_port));
+        }
         let mut remote = Remote::new(Guest::boot(guest)?);
         remote.ignore_prefix(SERVER_LOG_PREFIX);
         Ok(Hrh {
             remote,
             port,
+            forwards,
             wav_path,
         })
     }
@@ -513,6 +617,16 @@ vusb_serve
     /// `10.0.2.2:<port>`.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The host port (on 127.0.0.1) that reaches the HRH's TCP port `guest_port`, forwarded
+    /// with [`HrhConfig::forward`].
+    pub fn forwarded_port(&self, guest_port: u16) -> Result<u16> {
+        self.forwards
+            .iter()
+            .find(|(guest, _)| *guest == guest_port)
+            .map(|(_, host)| *host)
+            .ok_or_else(|| anyhow!("the HRH's port {guest_port} is not forwarded"))
     }
 
     /// The WAV file QEMU writes what the HRH's USB audio device plays into; complete once the
@@ -535,7 +649,8 @@ vusb_serve
         Ok(devices)
     }
 
-    /// Starts `server` and waits until it lists every device.
+    /// Starts `server` and waits until it offers every device: lists it, or has let a client
+    /// that was waiting for it import it already.
     pub fn start_server(&mut self, server: Server) -> Result<Output> {
         self.remote.check(
             &format!("hrh_export {}", server.name()),
@@ -546,6 +661,32 @@ vusb_serve
     /// Stops the server; the devices go back to the HRH's own drivers.
     pub fn stop_server(&mut self) -> Result<Output> {
         self.remote.check("hrh_unexport", Duration::from_secs(60))
+    }
+
+    /// Starts Debian's `usbredirect` on the device called `device` (`acm`, `storage`, …), as
+    /// a usbredir server on the HRH's TCP port `guest_port` (forward it with
+    /// [`HrhConfig::forward`]), and waits until it listens. It takes the device from the
+    /// HRH's drivers and serves one connection.
+    pub fn start_usbredirect(&mut self, device: &str, guest_port: u16) -> Result<Output> {
+        self.remote.check(
+            &format!("redirect_start {device} {guest_port}"),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Whether the `usbredirect` of `device` still runs.
+    pub fn usbredirect_alive(&mut self, device: &str) -> Result<bool> {
+        Ok(self
+            .remote
+            .run(&format!("redirect_alive {device}"), Duration::from_secs(30))?
+            .rc
+            == 0)
+    }
+
+    /// Stops the `usbredirect` of `device`, which ends its connection.
+    pub fn stop_usbredirect(&mut self, device: &str) -> Result<Output> {
+        self.remote
+            .check(&format!("redirect_stop {device}"), Duration::from_secs(60))
     }
 
     /// Shuts the guest down and returns its script's exit code.
