@@ -419,14 +419,15 @@ fn usbredir_front_end_closes_a_bad_peer_and_serves_the_next() {
 }
 
 /// `--listen` serves usbredir over TCP, and a device lost on the USB/IP
-/// side (the exporter gone) reaches the peer as device_disconnect, the
-/// connection staying open for its return.
+/// side (the exporter gone) reaches the peer as device_disconnect, and its
+/// return as a new device_connect on the same connection.
 #[test]
-fn usbredir_over_tcp_announces_the_device_and_its_loss() {
+fn usbredir_over_tcp_announces_the_device_its_loss_and_its_return() {
     use std::net::{TcpListener, TcpStream};
     use usbredir_proto::Body;
 
     let exporter = Exporter::start(SimKind::Sensor, "127.0.0.1:0");
+    let exporter_addr = exporter.addr;
     // A free port, for the backend to listen on.
     let listen = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -462,4 +463,12 @@ fn usbredir_over_tcp_announces_the_device_and_its_loss() {
     exporter.stop();
     let gone = read_packet_until(&mut peer, &|p| matches!(p.body, Body::DeviceDisconnect));
     assert!(gone.is_some(), "the device's loss was not announced");
+
+    // The USB/IP client reconnects with backoff; the device comes back.
+    let exporter = Exporter::start(SimKind::Sensor, &exporter_addr.to_string());
+    assert!(
+        read_packet_until(&mut peer, &is_device_connect).is_some(),
+        "the device's return was not announced"
+    );
+    exporter.stop();
 }
