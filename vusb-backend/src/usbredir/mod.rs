@@ -77,7 +77,8 @@
 //!   (`usbredir_alloc_streams()`), as a guest's UAS driver would for a UAS
 //!   disk; such disks need a guest that uses them as plain mass storage.
 //! * The guest's device filter (filter_filter) is not checked here; QEMU
-//!   applies it itself and sends filter_reject, which ends the connection.
+//!   applies it itself and sends filter_reject, after which the device is
+//!   not offered again on that connection until it reconnects.
 //! * Descriptors are read once, when the device connects; a device that
 //!   changes them across a reset (firmware updates) keeps its old ones
 //!   until it reconnects.
@@ -123,7 +124,7 @@ pub enum Action {
     /// [`Ports::reset_port`]: crate::transfer::Ports::reset_port
     ResetPort { port: Port, token: u64 },
     /// End this connection, for the reason given (to be logged): QEMU broke
-    /// the protocol, or its filter rejected the device. Nothing more is
+    /// the protocol. Nothing more is
     /// done after this; the caller drops the session and the device's
     /// import with it.
     Close(String),

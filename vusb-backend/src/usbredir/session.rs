@@ -238,9 +238,7 @@ impl Session {
             Body::CancelDataPacket => self.on_cancel(id, &mut out),
             Body::FilterReject => {
                 if self.needs_ours(Cap::Filter, "filter_reject", &mut out) {
-                    let why = "QEMU's device filter rejected the device".to_string();
-                    self.closed = true;
-                    out.push(Action::Close(why));
+                    self.on_reject(&mut out);
                 }
             }
             Body::FilterFilter { rules } => {

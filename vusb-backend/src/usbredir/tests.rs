@@ -1058,15 +1058,32 @@ fn bad_packets_are_complained_about_and_refused() {
     assert!(matches!(&out[..], [Action::Close(why)] if why.contains("device_disconnect")));
 }
 
+/// QEMU's filter_reject: the device is withdrawn and not offered again on
+/// this connection until it reconnects, which would otherwise have QEMU
+/// refuse it again and again.
 #[test]
-fn filter_reject_ends_the_connection() {
+fn a_device_qemu_rejects_is_not_offered_again_until_it_reconnects() {
     let mut h = Harness::ready();
     let filter = Body::FilterFilter {
         rules: "0x03,-1,-1,-1,0|-1,-1,-1,-1,1".into(),
     };
     assert_eq!(h.guest(0, filter), []);
     let out = h.guest(0, Body::FilterReject);
-    assert!(matches!(&out[..], [Action::Close(why)] if why.contains("filter")));
+    assert_eq!(sent(&out), [(0, Body::DeviceDisconnect)]);
+    assert!(!h.s.announced());
+    // The acknowledgement does not bring it back, and requests fail.
+    assert_eq!(h.guest(0, Body::DeviceDisconnectAck), []);
+    assert!(!h.s.announced());
+    let out = h.guest(1, bulk(0x81, 8, b""));
+    assert_eq!(sent(&out), [(1, bulk_reply(0x81, status::IOERROR, 0, b""))]);
+    assert_eq!(h.s.complaints(), 0);
+    // Reconnected, it is offered again.
+    h.upcall(Upcall::Event(PortEvent::Disconnected { port: PORT }));
+    let out = h.connect(PORT, Speed::Full);
+    assert!(matches!(
+        sent(&out).last(),
+        Some((_, Body::DeviceConnect(_)))
+    ));
 }
 
 #[test]
