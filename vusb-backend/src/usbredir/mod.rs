@@ -18,6 +18,8 @@
 //! * `configuration`: set/get_configuration and set/get_alt_setting;
 //! * `streams`: interrupt and bulk receiving, where this side polls an IN
 //!   endpoint on the guest's behalf;
+//! * `iso`: isochronous streams, kept going by this side in both
+//!   directions;
 //! * `device`, `descriptors`: reading the device's descriptors and turning
 //!   them into interface_info and ep_info;
 //! * `transfers`: what is in flight on the device, by tag.
@@ -67,11 +69,6 @@
 //!
 //! # Gaps
 //!
-//! * Isochronous streams are not supported: start_iso_stream is answered
-//!   with iso_stream_status `usb_redir_ioerror` (which QEMU takes as a
-//!   stream that delivers nothing, without asking again), and iso packets
-//!   from QEMU are dropped. Devices that need them (audio, video) do not
-//!   work.
 //! * Bulk streams are not offered (USB/IP carries no stream ids). QEMU
 //!   rejects the device when its guest asks for streams anyway
 //!   (`usbredir_alloc_streams()`), as a guest's UAS driver would for a UAS
@@ -88,6 +85,7 @@
 mod configuration;
 mod descriptors;
 mod device;
+mod iso;
 mod lifecycle;
 mod requests;
 pub mod serve;
