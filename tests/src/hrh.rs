@@ -767,6 +767,37 @@ fn ldd_paths(output: &str) -> Result<Vec<String>> {
     Ok(paths)
 }
 
+/// Counts the clearly positive and clearly negative 16-bit samples of a WAV file that QEMU
+/// wrote (canonical 44-byte header, then little-endian samples): `audio_play` with a sample
+/// above 0200 gives positive ones, below it negative ones.
+pub fn wav_sample_signs(path: &Path) -> Result<(usize, usize)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() < 44 || &bytes[..4] != b"RIFF" {
+        bail!("{} is not a WAV file", path.display());
+    }
+    let mut positive = 0;
+    let mut negative = 0;
+    for sample in bytes[44..].chunks_exact(2) {
+        match i16::from_le_bytes([sample[0], sample[1]]) {
+            s if s > 1000 => positive += 1,
+            s if s < -1000 => negative += 1,
+            _ => {}
+        }
+    }
+    Ok((positive, negative))
+}
+
+/// Fails unless `count` samples of the tone are a good part of what `seconds` of playing
+/// should give (QEMU's WAV output runs at 44.1 kHz stereo): the isochronous data reached
+/// the device. `who` names the path in the message.
+pub fn check_tone_reached(count: usize, seconds: u32, who: &str) -> Result<()> {
+    let expected = seconds as usize * 44_100 * 2;
+    if count < expected / 4 {
+        bail!("{who}: only {count} samples of the tone reached QEMU's audio device (played: about {expected})");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use vusb_vm_tests::hrh::{check_tone_reached, wav_sample_signs};
 use vusb_vm_tests::{boot_client, Hrh, HrhConfig, HrhDevice, Output, Remote, Server};
 
 /// Two TCG guests boot at once on a small machine: 10–20 s alone, more together.
@@ -533,43 +534,12 @@ fn assert_scenario_works(server: Server, devices: &[HrhDevice], seen: &Observed)
     Ok(())
 }
 
-/// Counts the clearly positive and clearly negative 16-bit samples of a WAV file that QEMU
-/// wrote (canonical 44-byte header, then little-endian samples).
-fn wav_sample_signs(path: &std::path::Path) -> Result<(usize, usize)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(
-        bytes.len() >= 44 && &bytes[..4] == b"RIFF",
-        "{} is not a WAV file",
-        path.display()
-    );
-    let mut positive = 0;
-    let mut negative = 0;
-    for sample in bytes[44..].chunks_exact(2) {
-        match i16::from_le_bytes([sample[0], sample[1]]) {
-            s if s > 1000 => positive += 1,
-            s if s < -1000 => negative += 1,
-            _ => {}
-        }
-    }
-    Ok((positive, negative))
-}
-
 /// Shuts both guests down; the HRH last, so that its WAV file is complete.
 fn shut_down(hrh: Hrh, client: Remote) -> Result<std::path::PathBuf> {
     let wav = hrh.wav_path().to_path_buf();
     assert_eq!(client.finish(STEP)?, 0, "the client's script failed");
     assert_eq!(hrh.finish(STEP)?, 0, "the HRH's script failed");
     Ok(wav)
-}
-
-/// Enough samples of the tone for a good part of the time played (QEMU's WAV output runs at
-/// 44.1 kHz stereo): the isochronous data reached the device.
-fn assert_tone_reached_device(count: usize, who: &str) -> Result<()> {
-    let expected = AUDIO_SECONDS as usize * 44_100 * 2;
-    if count < expected / 4 {
-        bail!("{who}: only {count} samples of the tone reached QEMU's audio device (played: about {expected})");
-    }
-    Ok(())
 }
 
 #[test]
@@ -581,7 +551,7 @@ fn stock_usbipd_exports_real_devices() -> Result<()> {
     let wav = shut_down(hrh, client)?;
     assert_scenario_works(Server::Usbipd, &devices, &seen)?;
     let (positive, _) = wav_sample_signs(&wav)?;
-    assert_tone_reached_device(positive, "usbipd")
+    check_tone_reached(positive, AUDIO_SECONDS, "usbipd")
 }
 
 #[test]
@@ -599,7 +569,7 @@ fn hrh_exporter_exports_real_devices() -> Result<()> {
         "hrh-exporter did not offer the replugged serial port again within 15 s"
     );
     let (_, negative) = wav_sample_signs(&wav)?;
-    assert_tone_reached_device(negative, "hrh-exporter")
+    check_tone_reached(negative, AUDIO_SECONDS, "hrh-exporter")
 }
 
 #[test]
@@ -615,8 +585,8 @@ fn usbipd_and_hrh_exporter_agree() -> Result<()> {
     compare(&devices, &stock, &ours)?;
     // Each server's run played a tone of its own sign.
     let (positive, negative) = wav_sample_signs(&wav)?;
-    assert_tone_reached_device(positive, "usbipd")?;
-    assert_tone_reached_device(negative, "hrh-exporter")
+    check_tone_reached(positive, AUDIO_SECONDS, "usbipd")?;
+    check_tone_reached(negative, AUDIO_SECONDS, "hrh-exporter")
 }
 
 /// The interface class triple "(cc/ss/pp)" at the end of a `usbip list` interface line.

@@ -7,9 +7,15 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use vusb_vm_tests::hrh::COMMON_FUNCTIONS;
+use vusb_vm_tests::hrh::{
+    check_tone_reached, find_device, wav_sample_signs, CLIENT_FUNCTIONS, COMMON_FUNCTIONS,
+    QEMU_AUDIO_ID,
+};
 use vusb_vm_tests::vhome_guest::check_console;
-use vusb_vm_tests::{image_head_sha256, pendrive_image, Backend, Exporter, Guest, GuestConfig};
+use vusb_vm_tests::{
+    image_head_sha256, pendrive_image, Backend, Exporter, Guest, GuestConfig, Hrh, HrhConfig,
+    Server,
+};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -137,4 +143,44 @@ fn usbredir_device_comes_back_after_a_backend_restart() -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// Isochronous OUT end to end: a real USB audio device (QEMU's usb-audio in the HRH guest,
+/// exported by hrh-exporter through libusb) plays a tone from the stock guest's
+/// snd-usb-audio, and the tone reaches the WAV file the HRH's QEMU writes.
+#[test]
+#[ignore = "boots QEMU guests; run via scripts/test.sh"]
+fn usbredir_audio_plays_on_the_hrh_device() -> Result<()> {
+    const SECONDS: u32 = 2;
+    let name = "usbredir_audio_plays_on_the_hrh_device";
+    let mut hrh = Hrh::boot(HrhConfig::new(name).with_exporter())?;
+    let devices = hrh.wait_ready(BOOT)?;
+    let audio = find_device(&devices, "audio")?.clone();
+    hrh.start_server(Server::HrhExporter)?;
+    let url = format!("tcp://127.0.0.1:{}/{}", hrh.port(), audio.busid);
+    let mut backend = Backend::spawn_usbredir(name, ["--device", &url])?;
+    let (vid, pid) = QEMU_AUDIO_ID.split_once(':').expect("vid:pid");
+    let script = format!(
+        r#"
+        {CLIENT_FUNCTIONS}
+        wait_for 60 has_usb_device {vid} {pid} || fail "the audio device did not appear"
+        modprobe snd-pcm-oss || fail "modprobe snd-pcm-oss failed"
+        wait_for 30 test -c /dev/dsp || fail "/dev/dsp did not appear"
+        audio_play {SECONDS} 300
+    "#
+    );
+    let guest = run_guest(name, &mut backend, &script, |_, _| Ok(()))?;
+    assert_eq!(
+        guest.marker("AUDIO-RC").as_deref(),
+        Some("0"),
+        "playing failed"
+    );
+    let wav = hrh.wav_path().to_path_buf();
+    assert_eq!(
+        hrh.finish(Duration::from_secs(60))?,
+        0,
+        "the HRH's script failed"
+    );
+    let (positive, _) = wav_sample_signs(&wav)?;
+    check_tone_reached(positive, SECONDS, "usbredir")
 }

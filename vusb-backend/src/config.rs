@@ -1,5 +1,6 @@
 //! The command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -16,11 +17,18 @@ const MIN_MAX_TRANSFER: u32 = 64 << 10;
 #[derive(Debug, Parser)]
 #[command(name = "vusb-backend", version)]
 pub struct Args {
-    /// The vhost-user socket to create and listen on; QEMU connects to it
-    /// with `-chardev socket,path=…`. One front-end at a time, across
+    /// The Unix socket to create and listen on; QEMU connects to it with
+    /// `-chardev socket,path=…`. One front-end at a time, across
     /// reconnects.
-    #[arg(long, value_name = "PATH")]
-    pub socket_path: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "listen")]
+    pub socket_path: Option<PathBuf>,
+
+    /// With `--frontend usbredir`, listen on TCP at ADDR:PORT instead of a
+    /// Unix socket, for a QEMU on another machine (`-chardev
+    /// socket,host=…,port=…,reconnect=1`). usbredir has no authentication:
+    /// listen only where QEMU alone can reach.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "socket_path")]
+    pub listen: Option<SocketAddr>,
 
     /// A device to import: `tcp://HOST[:PORT]/BUSID` or
     /// `tcp://HOST[:PORT]/VID:PID` (hex). Repeat for more devices (up to
@@ -56,6 +64,11 @@ pub enum Frontend {
 impl Args {
     /// Checks what clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.listen.is_some() && self.frontend != Frontend::Usbredir {
+            return Err(
+                "--listen is for --frontend usbredir; vhost-user needs --socket-path".into(),
+            );
+        }
         if self.frontend == Frontend::Usbredir && self.devices.len() != 1 {
             return Err(format!(
                 "--frontend usbredir serves one device per socket; {} given",
@@ -107,6 +120,17 @@ mod tests {
             "tcp://hrh/1-2",
         ]);
         assert!(two.unwrap_err().contains("one device per socket"));
+        let tcp = parse(&[
+            "--frontend",
+            "usbredir",
+            "--listen",
+            "127.0.0.1:4000",
+            "--device",
+            "tcp://hrh/1-1",
+        ])
+        .unwrap();
+        assert_eq!(tcp.listen, Some("127.0.0.1:4000".parse().unwrap()));
+        assert_eq!(tcp.socket_path, None);
         assert!(parse(&[
             "--frontend",
             "usb",
@@ -138,6 +162,23 @@ mod tests {
     fn bad_command_lines_say_what_is_wrong() {
         let e = parse(&["--socket-path", "/s"]).unwrap_err();
         assert!(e.contains("--device"), "{e}");
+        let e = parse(&["--device", "tcp://h/1-1"]).unwrap_err();
+        assert!(e.contains("--socket-path"), "{e}");
+        let e = parse(&["--listen", "127.0.0.1:4000", "--device", "tcp://h/1-1"]).unwrap_err();
+        assert!(e.contains("--listen is for --frontend usbredir"), "{e}");
+        let both = [
+            "--frontend",
+            "usbredir",
+            "--listen",
+            "127.0.0.1:4000",
+            "--socket-path",
+            "/s",
+            "--device",
+            "tcp://h/1-1",
+        ];
+        assert!(parse(&both).unwrap_err().contains("cannot be used with"));
+        let e = parse(&["--listen", "hrh:4000", "--device", "tcp://h/1-1"]).unwrap_err();
+        assert!(e.contains("--listen"), "{e}");
         let e = parse(&["--socket-path", "/s", "--device", "hrh/1-1"]).unwrap_err();
         assert!(e.contains("tcp://"), "{e}");
         let e = parse(&[

@@ -1,6 +1,6 @@
 //! `vusb-backend`: see `vusb-backend --help` and docs/virtio-usb.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -9,6 +9,7 @@ use tracing::info;
 use vusb_backend::config::{Args, Frontend};
 use vusb_backend::transfer::{PortLayout, Ports, UpcallSink};
 use vusb_backend::usbip_client::UsbipClient;
+use vusb_backend::usbredir::serve::{serve_forever, Listen};
 use vusb_backend::vhost_user::VusbBackend;
 use vusb_backend::virtio_usb::{Controller, Limits};
 use vusb_backend::{daemon, upcalls};
@@ -32,7 +33,7 @@ fn run(args: Args) -> Result<()> {
     let signals = termination_signals();
     block(&signals).context("blocking termination signals")?;
 
-    if let Some(dir) = args.socket_path.parent() {
+    if let Some(dir) = args.socket_path.as_deref().and_then(Path::parent) {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -44,8 +45,16 @@ fn run(args: Args) -> Result<()> {
         .context("starting the signal thread")?;
 
     if args.frontend == Frontend::Usbredir {
-        return vusb_backend::usbredir::serve::serve_forever(&args.devices[0], &args.socket_path);
+        let at = match (args.listen, args.socket_path) {
+            (Some(addr), _) => Listen::Tcp(addr),
+            (None, Some(path)) => Listen::Unix(path),
+            (None, None) => unreachable!("clap requires --socket-path or --listen"),
+        };
+        return serve_forever(&args.devices[0], &at);
     }
+    let Some(socket) = args.socket_path else {
+        unreachable!("validate() requires --socket-path for vhost-user")
+    };
     let layout = PortLayout::for_devices(args.devices.len());
     let (sender, receiver) = upcalls::channel().context("creating the upcall channel")?;
     for (i, d) in args.devices.iter().enumerate() {
@@ -71,7 +80,7 @@ fn run(args: Args) -> Result<()> {
     };
     let mut backend = VusbBackend::new(Controller::new(ports, layout, limits), receiver);
     backend.set_iso_offered(!args.no_iso);
-    daemon::serve_forever(backend, &args.socket_path)
+    daemon::serve_forever(backend, &socket)
 }
 
 fn termination_signals() -> libc::sigset_t {
@@ -97,8 +106,9 @@ fn block(set: &libc::sigset_t) -> std::io::Result<()> {
     }
 }
 
-/// Waits for SIGINT, SIGTERM or SIGHUP, removes the socket and exits.
-fn exit_on_signal(set: &libc::sigset_t, socket: PathBuf) {
+/// Waits for SIGINT, SIGTERM or SIGHUP, removes the socket (if a Unix one)
+/// and exits.
+fn exit_on_signal(set: &libc::sigset_t, socket: Option<PathBuf>) {
     let mut signal = 0;
     // SAFETY: the set is initialised; sigwait writes the signal number into
     // our local.
@@ -106,6 +116,8 @@ fn exit_on_signal(set: &libc::sigset_t, socket: PathBuf) {
     if rc == 0 {
         info!(signal, "exiting");
     }
-    let _ = std::fs::remove_file(&socket);
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(socket);
+    }
     std::process::exit(0);
 }

@@ -330,13 +330,49 @@ fn a_backend_restarted_behind_the_keeper_asks_for_a_reset_and_serves_again() {
     exporter.stop();
 }
 
+/// Reads packets from a usbredir front-end until `want` picks one; `None`
+/// at EOF or after [`WAIT`] without it.
+fn read_packet_until(
+    s: &mut (impl std::io::Read + ?Sized),
+    want: &dyn Fn(&usbredir_proto::Packet) -> bool,
+) -> Option<usbredir_proto::Packet> {
+    use usbredir_proto::{Caps, Packet, Sender};
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Ok(Some(p)) = Packet::decode(&mut buf, Caps::empty(), Sender::Host) {
+            if want(&p) {
+                return Some(p);
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Sends a usb-guest's hello without capabilities (so 32-bit ids).
+fn send_guest_hello(s: &mut impl std::io::Write) {
+    use usbredir_proto::{Body, Caps, Hello, Packet, Sender};
+    let mut out = bytes::BytesMut::new();
+    Packet::new(0, Body::Hello(Hello::new("test usb-guest", Caps::empty())))
+        .encode(Caps::empty(), Sender::Guest, &mut out)
+        .unwrap();
+    s.write_all(&out).unwrap();
+}
+
+fn is_device_connect(p: &usbredir_proto::Packet) -> bool {
+    matches!(p.body, usbredir_proto::Body::DeviceConnect(_))
+}
+
 /// The usbredir front-end refuses a peer that breaks the protocol: that
 /// connection is closed with a log line, and the next peer is served.
 #[test]
 fn usbredir_front_end_closes_a_bad_peer_and_serves_the_next() {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    use usbredir_proto::{Body, Caps, Hello, Packet, Sender};
+    use usbredir_proto::{Body, Packet};
 
     let exporter = Exporter::start(SimKind::Sensor, "127.0.0.1:0");
     let dir = tempfile::tempdir().unwrap();
@@ -355,51 +391,84 @@ fn usbredir_front_end_closes_a_bad_peer_and_serves_the_next() {
     );
     wait_for(&socket);
 
-    // Reads packets from the backend until `want` says stop, or EOF.
-    let read_until = |s: &mut UnixStream, want: &dyn Fn(&Packet) -> bool| -> Option<Packet> {
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut buf = bytes::BytesMut::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Ok(Some(p)) = Packet::decode(&mut buf, Caps::empty(), Sender::Host) {
-                if want(&p) {
-                    return Some(p);
-                }
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-
     // An unknown packet type: the backend hangs up.
     let mut bad = UnixStream::connect(&socket).unwrap();
-    let hello = read_until(&mut bad, &|p| matches!(p.body, Body::Hello(_)));
+    bad.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = read_packet_until(&mut bad, &|p| matches!(p.body, Body::Hello(_)));
     assert!(hello.is_some(), "no hello from the backend");
     bad.write_all(&[0xee, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         .unwrap();
-    bad.set_read_timeout(Some(WAIT)).unwrap();
     let mut rest = Vec::new();
     // EOF, not a timeout: the backend closed its end.
     bad.read_to_end(&mut rest)
         .expect("the connection stayed open");
 
-    // A well-behaved peer (no capabilities, so 32-bit ids) gets the device.
+    // A well-behaved peer gets the device.
     let mut good = UnixStream::connect(&socket).unwrap();
-    let mut out = bytes::BytesMut::new();
-    Packet::new(0, Body::Hello(Hello::new("test usb-guest", Caps::empty())))
-        .encode(Caps::empty(), Sender::Guest, &mut out)
-        .unwrap();
-    good.write_all(&out).unwrap();
-    let connect = read_until(&mut good, &|p| matches!(p.body, Body::DeviceConnect(_)));
+    good.set_read_timeout(Some(WAIT)).unwrap();
+    send_guest_hello(&mut good);
     let Some(Packet {
         body: Body::DeviceConnect(c),
         ..
-    }) = connect
+    }) = read_packet_until(&mut good, &is_device_connect)
     else {
         panic!("the device was not announced to the next peer")
     };
     assert_eq!((c.vendor_id, c.product_id), (0x1209, 0x0001));
+    exporter.stop();
+}
+
+/// `--listen` serves usbredir over TCP, and a device lost on the USB/IP
+/// side (the exporter gone) reaches the peer as device_disconnect, and its
+/// return as a new device_connect on the same connection.
+#[test]
+fn usbredir_over_tcp_announces_the_device_its_loss_and_its_return() {
+    use std::net::{TcpListener, TcpStream};
+    use usbredir_proto::Body;
+
+    let exporter = Exporter::start(SimKind::Sensor, "127.0.0.1:0");
+    let exporter_addr = exporter.addr;
+    // A free port, for the backend to listen on.
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let device = format!("tcp://{}/1-1", exporter.addr);
+    let _backend = Process::spawn(
+        env!("CARGO_BIN_EXE_vusb-backend"),
+        &[
+            "--frontend",
+            "usbredir",
+            "--listen",
+            &listen.to_string(),
+            "--device",
+            &device,
+        ],
+    );
+    let mut peer = (0..500)
+        .find_map(|_| {
+            TcpStream::connect(listen).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            })
+        })
+        .expect("the backend never listened on TCP");
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    send_guest_hello(&mut peer);
+    assert!(
+        read_packet_until(&mut peer, &is_device_connect).is_some(),
+        "the device was not announced over TCP"
+    );
+
+    exporter.stop();
+    let gone = read_packet_until(&mut peer, &|p| matches!(p.body, Body::DeviceDisconnect));
+    assert!(gone.is_some(), "the device's loss was not announced");
+
+    // The USB/IP client reconnects with backoff; the device comes back.
+    let exporter = Exporter::start(SimKind::Sensor, &exporter_addr.to_string());
+    assert!(
+        read_packet_until(&mut peer, &is_device_connect).is_some(),
+        "the device's return was not announced"
+    );
     exporter.stop();
 }

@@ -358,8 +358,8 @@ pub(super) mod tests {
 
     /// A CDC-ACM-like device: a communications interface with an interrupt
     /// IN endpoint (and an interrupt OUT one), a data interface with bulk IN
-    /// and OUT, and (only in its alternate setting 1) an isochronous IN
-    /// endpoint.
+    /// and OUT, and (only in its alternate setting 1) isochronous IN and OUT
+    /// endpoints.
     pub const DEVICE: [u8; 18] = [
         18, 1, 0x00, 0x02, 0x02, 0x00, 0x00, 64, 0x34, 0x12, 0x78, 0x56, 0x01, 0x02, 1, 2, 3, 1,
     ];
@@ -378,11 +378,13 @@ pub(super) mod tests {
         c.extend([7, 5, 0x81, 0x02, 0x00, 0x02, 0]);
         c.extend([7, 5, 0x02, 0x02, 0x00, 0x02, 0]);
         // Interface 1, alternate setting 1: adds an isochronous IN endpoint
-        // (high bandwidth: 2 transactions of 512 bytes).
-        c.extend([9, 4, 1, 1, 3, 0x0a, 0x00, 0x00, 0]);
+        // (high bandwidth: 2 transactions of 512 bytes) and an isochronous
+        // OUT one of 192 bytes.
+        c.extend([9, 4, 1, 1, 4, 0x0a, 0x00, 0x00, 0]);
         c.extend([7, 5, 0x81, 0x02, 0x00, 0x02, 0]);
         c.extend([7, 5, 0x02, 0x02, 0x00, 0x02, 0]);
         c.extend([7, 5, 0x84, 0x05, 0x00, 0x0a, 1]);
+        c.extend([7, 5, 0x05, 0x05, 0xc0, 0x00, 4]);
         let total = c.len() as u16;
         c[2..4].copy_from_slice(&total.to_le_bytes());
         c
@@ -418,7 +420,7 @@ pub(super) mod tests {
         assert_eq!(c.interfaces.len(), 2);
         assert_eq!(c.interfaces[0].alt_settings[0].endpoints.len(), 2);
         assert_eq!(c.interfaces[1].alt_settings.len(), 2);
-        assert_eq!(c.interfaces[1].alt_setting(1).unwrap().endpoints.len(), 3);
+        assert_eq!(c.interfaces[1].alt_setting(1).unwrap().endpoints.len(), 4);
         assert_eq!(c.interface_index(1), Some(1));
         assert_eq!(c.interface_index(7), None);
     }
@@ -427,14 +429,14 @@ pub(super) mod tests {
     fn a_broken_tail_keeps_what_came_before_it() {
         let mut bytes = config();
         // Zero the length of the second alternate setting's descriptor.
-        let at = bytes.len() - 9 - 3 * 7;
+        let at = bytes.len() - 9 - 4 * 7;
         assert_eq!(bytes[at..at + 2], [9, 4]);
         bytes[at] = 0;
         let c = Configuration::parse(&bytes).unwrap();
         assert_eq!(c.interfaces[1].alt_settings.len(), 1);
         // A descriptor running past the end is dropped the same way.
         let c = Configuration::parse(&config()[..config().len() - 3]).unwrap();
-        assert_eq!(c.interfaces[1].alt_setting(1).unwrap().endpoints.len(), 2);
+        assert_eq!(c.interfaces[1].alt_setting(1).unwrap().endpoints.len(), 3);
     }
 
     #[test]

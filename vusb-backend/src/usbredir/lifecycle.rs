@@ -136,6 +136,30 @@ impl Session {
         }
     }
 
+    /// QEMU refused the device: its `filter` rejected it, or the
+    /// controller cannot take it (QEMU sends filter_reject for both, having
+    /// dropped the device itself). The connection stays open, but the
+    /// device is not offered again on it until it reconnects on the USB/IP
+    /// side: hanging up would only have QEMU reconnect and refuse it again,
+    /// once a second.
+    pub(super) fn on_reject(&mut self, out: &mut Vec<Action>) {
+        let Some(device) = self.device() else {
+            debug!("filter_reject without a device, ignored");
+            return;
+        };
+        let c = device.device_connect(self.caps);
+        warn!(
+            device = %format_args!("{:04x}:{:04x}", c.vendor_id, c.product_id),
+            class = c.device_class,
+            "QEMU refused the device (its usb-redir filter, or a device its USB controller \
+             cannot take); not offering it again until it reconnects"
+        );
+        self.withdraw(out);
+        if let Some(port) = self.port() {
+            self.device = DeviceState::Unusable(port);
+        }
+    }
+
     /// QEMU's reset: stop the streams (telling QEMU, which restarts them
     /// afterwards), then reset the port. Requests in flight are failed by
     /// the device with `Shutdown`, answered as cancelled. Nothing is sent

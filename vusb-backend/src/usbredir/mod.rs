@@ -18,6 +18,8 @@
 //! * `configuration`: set/get_configuration and set/get_alt_setting;
 //! * `streams`: interrupt and bulk receiving, where this side polls an IN
 //!   endpoint on the guest's behalf;
+//! * `iso`: isochronous streams, kept going by this side in both
+//!   directions;
 //! * `device`, `descriptors`: reading the device's descriptors and turning
 //!   them into interface_info and ep_info;
 //! * `transfers`: what is in flight on the device, by tag.
@@ -67,17 +69,13 @@
 //!
 //! # Gaps
 //!
-//! * Isochronous streams are not supported: start_iso_stream is answered
-//!   with iso_stream_status `usb_redir_ioerror` (which QEMU takes as a
-//!   stream that delivers nothing, without asking again), and iso packets
-//!   from QEMU are dropped. Devices that need them (audio, video) do not
-//!   work.
 //! * Bulk streams are not offered (USB/IP carries no stream ids). QEMU
 //!   rejects the device when its guest asks for streams anyway
 //!   (`usbredir_alloc_streams()`), as a guest's UAS driver would for a UAS
 //!   disk; such disks need a guest that uses them as plain mass storage.
 //! * The guest's device filter (filter_filter) is not checked here; QEMU
-//!   applies it itself and sends filter_reject, which ends the connection.
+//!   applies it itself and sends filter_reject, after which the device is
+//!   not offered again on that connection until it reconnects.
 //! * Descriptors are read once, when the device connects; a device that
 //!   changes them across a reset (firmware updates) keeps its old ones
 //!   until it reconnects.
@@ -87,6 +85,7 @@
 mod configuration;
 mod descriptors;
 mod device;
+mod iso;
 mod lifecycle;
 mod requests;
 pub mod serve;
@@ -123,7 +122,7 @@ pub enum Action {
     /// [`Ports::reset_port`]: crate::transfer::Ports::reset_port
     ResetPort { port: Port, token: u64 },
     /// End this connection, for the reason given (to be logged): QEMU broke
-    /// the protocol, or its filter rejected the device. Nothing more is
+    /// the protocol. Nothing more is
     /// done after this; the caller drops the session and the device's
     /// import with it.
     Close(String),

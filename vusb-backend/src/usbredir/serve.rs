@@ -1,15 +1,18 @@
-//! The usbredir front-end's I/O: a Unix socket that QEMU's `usb-redir`
-//! chardev connects to, one connection at a time, served from one thread.
+//! The usbredir front-end's I/O: a Unix or TCP socket that QEMU's
+//! `usb-redir` chardev connects to, one connection at a time, served from
+//! one thread.
 //!
 //! Each connection imports the device afresh and drops the import when it
 //! ends: whatever the old connection had in flight dies with it, and a
 //! reconnecting QEMU (`reconnect-ms` on its chardev) meets the device as
 //! new, as the protocol expects.
 
+use std::fmt;
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -26,25 +29,63 @@ use crate::usbip_client::UsbipClient;
 /// Read size per wake-up; a packet larger than this arrives over several.
 const READ_CHUNK: usize = 256 << 10;
 
-/// Serves QEMU connections on `socket`, one after another, each with
-/// `device` imported for it.
-pub fn serve_forever(device: &RemoteDevice, socket: &Path) -> Result<()> {
-    // A socket left by an earlier run would make bind fail.
-    let _ = std::fs::remove_file(socket);
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
-    info!(socket = %socket.display(), device = %device, "listening for QEMU's usb-redir");
-    loop {
-        let (stream, _) = listener.accept().context("accepting a connection")?;
-        info!("usb-redir connected");
-        match serve_connection(device, stream) {
-            Ok(()) => info!("usb-redir disconnected"),
-            Err(e) => warn!("usb-redir connection ended: {e:#}"),
+/// Where QEMU's chardev connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Unix(path) => write!(f, "{}", path.display()),
+            Listen::Tcp(addr) => write!(f, "tcp:{addr}"),
         }
     }
 }
 
-fn serve_connection(device: &RemoteDevice, stream: UnixStream) -> Result<()> {
+/// Serves QEMU connections at `at`, one after another, each with `device`
+/// imported for it.
+pub fn serve_forever(device: &RemoteDevice, at: &Listen) -> Result<()> {
+    match at {
+        Listen::Unix(path) => {
+            // A socket left by an earlier run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let listener =
+                UnixListener::bind(path).with_context(|| format!("listening on {at}"))?;
+            info!(socket = %at, device = %device, "listening for QEMU's usb-redir");
+            loop {
+                let (stream, _) = listener.accept().context("accepting a connection")?;
+                info!("usb-redir connected");
+                log_end(serve_connection(device, stream));
+            }
+        }
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr).with_context(|| format!("listening on {at}"))?;
+            info!(socket = %at, device = %device, "listening for QEMU's usb-redir");
+            loop {
+                let (stream, peer) = listener.accept().context("accepting a connection")?;
+                info!(%peer, "usb-redir connected");
+                // Packets are small and answered one by one; Nagle would
+                // hold each back for the previous one's acknowledgement.
+                if let Err(e) = stream.set_nodelay(true) {
+                    warn!("TCP_NODELAY: {e}");
+                }
+                log_end(serve_connection(device, stream));
+            }
+        }
+    }
+}
+
+fn log_end(result: Result<()>) {
+    match result {
+        Ok(()) => info!("usb-redir disconnected"),
+        Err(e) => warn!("usb-redir connection ended: {e:#}"),
+    }
+}
+
+fn serve_connection<S: Read + Write + AsRawFd>(device: &RemoteDevice, stream: S) -> Result<()> {
     let (sender, receiver) = upcalls::channel().context("creating the upcall channel")?;
     let sink: Arc<dyn UpcallSink> = sender;
     let client = UsbipClient::start(vec![device.clone()], PortLayout::for_devices(1), sink)
@@ -64,9 +105,7 @@ fn serve_connection(device: &RemoteDevice, stream: UnixStream) -> Result<()> {
     loop {
         let ready = crate::poll::readable(&[conn.stream.as_raw_fd(), receiver.fd()], None)?;
         if ready[0] {
-            let n = (&conn.stream)
-                .read(&mut chunk)
-                .context("reading from QEMU")?;
+            let n = conn.stream.read(&mut chunk).context("reading from QEMU")?;
             if n == 0 {
                 return Ok(());
             }
@@ -96,13 +135,13 @@ fn serve_connection(device: &RemoteDevice, stream: UnixStream) -> Result<()> {
 }
 
 /// One connection's output side.
-struct Connection<'a> {
-    stream: UnixStream,
+struct Connection<'a, S> {
+    stream: S,
     out: BytesMut,
     client: &'a UsbipClient,
 }
 
-impl Connection<'_> {
+impl<S: Write> Connection<'_, S> {
     /// Carries out `actions`; `false` when the session ended the connection.
     fn run(&mut self, actions: Vec<Action>, session: &Session) -> Result<bool> {
         for action in actions {
@@ -128,7 +167,7 @@ impl Connection<'_> {
 
     fn flush(&mut self) -> Result<()> {
         if !self.out.is_empty() {
-            (&self.stream)
+            self.stream
                 .write_all(&self.out)
                 .context("writing to QEMU")?;
             self.out.clear();

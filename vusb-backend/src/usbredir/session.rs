@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, warn};
 use usbredir_proto::{packet_type, status, Body, Cap, Caps, Hello, Packet};
 
 use super::device::{Device, Probe};
+use super::iso::IsoStream;
 use super::streams::{Stream, StreamKind};
 use super::transfers::{GuestKind, InFlight, Pending};
 use super::{Action, VERSION};
@@ -46,13 +47,12 @@ pub struct Session {
     pub(super) inflight: InFlight,
     /// Receiving streams, by endpoint.
     pub(super) streams: BTreeMap<u8, Stream>,
+    /// Isochronous streams, by endpoint.
+    pub(super) iso: BTreeMap<u8, IsoStream>,
     /// The port reset under way, if any.
     pub(super) reset_token: Option<u64>,
     pub(super) next_token: u64,
     pub(super) complaints: u64,
-    /// QEMU was told once (in the log) that isochronous streams are not
-    /// supported.
-    pub(super) iso_warned: bool,
 }
 
 impl Session {
@@ -70,10 +70,10 @@ impl Session {
             awaiting_ack: false,
             inflight: InFlight::new(),
             streams: BTreeMap::new(),
+            iso: BTreeMap::new(),
             reset_token: None,
             next_token: 1,
             complaints: 0,
-            iso_warned: false,
         }
     }
 
@@ -155,29 +155,13 @@ impl Session {
             Body::GetAltSetting { interface } => {
                 self.on_config_request(id, GuestKind::GetAltSetting { interface }, &mut out)
             }
-            // Not supported (see the module's gaps): refused with an I/O
-            // error, which QEMU does not retry; with a stall, as
-            // usbredirhost answers while no device is there.
-            Body::StartIsoStream { endpoint, .. } => {
-                if !self.iso_warned {
-                    self.iso_warned = true;
-                    warn!(
-                        endpoint,
-                        "QEMU starts an isochronous stream; they are not supported"
-                    );
-                }
-                let status = if self.announced {
-                    status::IOERROR
-                } else {
-                    status::STALL
-                };
-                send(&mut out, id, Body::IsoStreamStatus { status, endpoint });
-            }
-            Body::StopIsoStream { endpoint } => {
-                let status = status::SUCCESS;
-                send(&mut out, id, Body::IsoStreamStatus { status, endpoint });
-            }
-            Body::Iso(p) => trace!(endpoint = p.endpoint, "isochronous packet dropped"),
+            Body::StartIsoStream {
+                endpoint,
+                pkts_per_urb,
+                no_urbs,
+            } => self.start_iso_stream(id, endpoint, pkts_per_urb, no_urbs, &mut out),
+            Body::StopIsoStream { endpoint } => self.stop_iso_stream(id, endpoint, &mut out),
+            Body::Iso(p) => self.on_iso_packet(p, &mut out),
             Body::StartInterruptReceiving { endpoint } => {
                 self.start_stream(id, endpoint, StreamKind::Interrupt, &mut out)
             }
@@ -238,9 +222,7 @@ impl Session {
             Body::CancelDataPacket => self.on_cancel(id, &mut out),
             Body::FilterReject => {
                 if self.needs_ours(Cap::Filter, "filter_reject", &mut out) {
-                    let why = "QEMU's device filter rejected the device".to_string();
-                    self.closed = true;
-                    out.push(Action::Close(why));
+                    self.on_reject(&mut out);
                 }
             }
             Body::FilterFilter { rules } => {
@@ -330,6 +312,7 @@ impl Session {
             Some(Pending::Probe) => self.on_probe_completion(&c, out),
             Some(Pending::Stream { endpoint }) => self.on_stream_completion(endpoint, tag, &c, out),
             Some(Pending::ClearHalt { endpoint }) => self.on_clear_halt(endpoint, tag, &c, out),
+            Some(Pending::Iso { endpoint }) => self.on_iso_completion(endpoint, tag, &c, out),
         }
     }
 

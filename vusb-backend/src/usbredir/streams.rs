@@ -204,17 +204,22 @@ impl Session {
         }
     }
 
-    /// Ends the streams on the endpoints `pick` chooses; with `notify`,
-    /// QEMU hears of each with status stall.
+    /// Ends the streams (receiving and isochronous) on the endpoints `pick`
+    /// chooses; with `notify`, QEMU hears of each with status stall.
     pub(super) fn stop_streams(
         &mut self,
         pick: impl Fn(u8) -> bool,
         notify: bool,
         out: &mut Vec<Action>,
     ) {
+        let notify = notify.then_some(status::STALL);
         let endpoints: Vec<u8> = self.streams.keys().copied().filter(|&e| pick(e)).collect();
         for endpoint in endpoints {
-            self.end_stream(endpoint, notify.then_some(status::STALL), out);
+            self.end_stream(endpoint, notify, out);
+        }
+        let endpoints: Vec<u8> = self.iso.keys().copied().filter(|&e| pick(e)).collect();
+        for endpoint in endpoints {
+            self.end_iso_stream(endpoint, notify, out);
         }
     }
 

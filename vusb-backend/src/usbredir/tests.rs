@@ -3,8 +3,8 @@
 //! under the capabilities in force, and a scripted device answers the
 //! standard requests on endpoint 0 from a fixed descriptor set (the
 //! CDC-ACM-like device of `descriptors::tests`: interrupt IN 0x83 and OUT
-//! 0x03, bulk IN 0x81 and OUT 0x02, and an isochronous IN 0x84 in alternate
-//! setting 1 of interface 1). Everything else the device does is up to each test.
+//! 0x03, bulk IN 0x81 and OUT 0x02, and isochronous IN 0x84 and OUT 0x05 in
+//! alternate setting 1 of interface 1). Everything else the device does is up to each test.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -962,40 +962,260 @@ fn a_reset_sends_nothing_back_unless_the_device_is_lost() {
     assert_eq!(h.guest(0, Body::Reset), []);
 }
 
-#[test]
-fn isochronous_streams_are_refused_and_their_packets_dropped() {
+/// Alternate setting 1 of interface 1, which has the isochronous endpoints.
+fn with_iso_endpoints() -> Harness {
     let mut h = Harness::ready();
-    h.guest(
+    let out = h.guest(
         1,
         Body::SetAltSetting {
             interface: 1,
             alt: 1,
         },
     );
+    assert!(matches!(
+        sent(&out).last(),
+        Some((1, Body::AltSettingStatus { .. }))
+    ));
+    h
+}
+
+fn iso_status(status: u8, endpoint: u8) -> Body {
+    Body::IsoStreamStatus { status, endpoint }
+}
+
+fn iso_out(data: &[u8]) -> Body {
+    Body::Iso(IsoPacket {
+        endpoint: 0x05,
+        status: 0,
+        length: data.len() as u16,
+        data: Bytes::copy_from_slice(data),
+    })
+}
+
+/// An iso IN completion: `packets` as (status, bytes) at offsets `i * 1024`.
+fn iso_in_done(tag: u64, packets: &[(Status, &[u8])]) -> Completion {
+    let mut c = Completion::failed(PORT, tag, Status::Ok);
+    c.error_count = 0;
+    c.iso_results = packets
+        .iter()
+        .map(|(status, data)| crate::transfer::IsoResult {
+            actual_length: data.len() as u32,
+            status: *status,
+        })
+        .collect();
+    c.actual_length = packets.iter().map(|(_, d)| d.len() as u32).sum();
+    c.in_data = packets
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, d))| !d.is_empty())
+        .map(|(i, (_, d))| (i as u32 * 1024, Bytes::copy_from_slice(d)))
+        .collect();
+    c
+}
+
+#[test]
+fn an_iso_in_stream_keeps_its_transfers_going_and_sends_every_packet() {
+    let mut h = with_iso_endpoints();
     let start = Body::StartIsoStream {
         endpoint: 0x84,
-        pkts_per_urb: 8,
+        pkts_per_urb: 4,
+        no_urbs: 2,
+    };
+    let out = h.guest(7, start);
+    let transfers = submitted(&out);
+    assert_eq!(transfers.len(), 2);
+    for t in &transfers {
+        assert_eq!((t.endpoint, t.kind), (0x84, TransferKind::Isochronous));
+        // High bandwidth: 2 × 512 bytes per microframe.
+        assert_eq!(t.length, 4 * 1024);
+        let offsets: Vec<(u32, u32)> = t.iso_packets.iter().map(|p| (p.offset, p.length)).collect();
+        assert_eq!(
+            offsets,
+            [(0, 1024), (1024, 1024), (2048, 1024), (3072, 1024)]
+        );
+        assert_eq!(t.flags, crate::transfer::xfer_flags::ISO_ASAP);
+    }
+    assert_eq!(sent(&out), [(7, iso_status(status::SUCCESS, 0x84))]);
+
+    // Each packet goes to QEMU on its own, numbered from 0, and the
+    // transfer goes back to the device.
+    let first = transfers[0].id;
+    let done = iso_in_done(
+        first,
+        &[
+            (Status::Ok, &[1; 1024]),
+            (Status::Ok, &[2; 100]),
+            (Status::Ok, &[]),
+            (Status::Protocol, &[]),
+        ],
+    );
+    let out = h.complete(done);
+    let packets: Vec<(u64, u8, usize, Option<u8>)> = sent(&out)
+        .into_iter()
+        .map(|(id, body)| match body {
+            Body::Iso(p) => {
+                assert_eq!((p.endpoint, p.length as usize), (0x84, p.data.len()));
+                (id, p.status, p.data.len(), p.data.first().copied())
+            }
+            other => panic!("not an iso packet: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        packets,
+        [
+            (0, status::SUCCESS, 1024, Some(1)),
+            (1, status::SUCCESS, 100, Some(2)),
+            (2, status::SUCCESS, 0, None),
+            (3, status::IOERROR, 0, None),
+        ]
+    );
+    let again = submitted(&out);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].iso_packets.len(), 4);
+
+    // A device that answers past the endpoint's packet size is not
+    // believed: one packet with an error, and the stream goes on.
+    let second = transfers[1].id;
+    let mut liar = iso_in_done(second, &[(Status::Ok, &[][..]); 4]);
+    liar.iso_results[0].actual_length = 2000;
+    let out = h.complete(liar);
+    let s = sent(&out);
+    assert!(
+        matches!(&s[..], [(4, Body::Iso(p))] if p.status == status::IOERROR && p.data.is_empty())
+    );
+    assert_eq!(submitted(&out).len(), 1);
+
+    // Stopping cancels both transfers still out; their late completions
+    // are dropped.
+    let out = h.guest(8, Body::StopIsoStream { endpoint: 0x84 });
+    assert_eq!(cancelled(&out).len(), 2);
+    assert_eq!(sent(&out), [(8, iso_status(status::SUCCESS, 0x84))]);
+    assert_eq!(
+        h.complete(iso_in_done(again[0].id, &[(Status::Ok, &[][..]); 4])),
+        []
+    );
+}
+
+#[test]
+fn an_iso_out_stream_fills_half_its_buffers_then_submits_whole_transfers() {
+    let mut h = with_iso_endpoints();
+    let start = Body::StartIsoStream {
+        endpoint: 0x05,
+        pkts_per_urb: 2,
         no_urbs: 4,
     };
     let out = h.guest(0, start);
-    let refused = Body::IsoStreamStatus {
-        status: status::IOERROR,
-        endpoint: 0x84,
+    assert_eq!(
+        out,
+        [Action::Send(Packet::new(
+            0,
+            iso_status(status::SUCCESS, 0x05)
+        ))]
+    );
+    // Half of the 8 packets' buffers, then two transfers at once.
+    for n in 1..=3u8 {
+        assert_eq!(h.guest(0, iso_out(&[n; 192])), []);
+    }
+    let out = h.guest(0, iso_out(&[4; 10]));
+    let transfers = submitted(&out);
+    assert_eq!(transfers.len(), 2);
+    let t = &transfers[1];
+    assert_eq!(
+        (t.endpoint, t.kind, t.length),
+        (0x05, TransferKind::Isochronous, 202)
+    );
+    let packets: Vec<(u32, u32)> = t.iso_packets.iter().map(|p| (p.offset, p.length)).collect();
+    assert_eq!(packets, [(0, 192), (192, 10)]);
+    assert_eq!((t.out_data[0], t.out_data[192], t.out_data[201]), (3, 4, 4));
+
+    // One packet waits for a second; together they make a transfer.
+    assert_eq!(h.guest(0, iso_out(&[5; 8])), []);
+    assert_eq!(submitted(&h.guest(0, iso_out(&[6; 8]))).len(), 1);
+    // A packet longer than the endpoint's is refused.
+    assert_eq!(h.guest(0, iso_out(&[7; 193])), []);
+    assert_eq!(h.s.complaints(), 1);
+
+    // The device falls behind: 3 transfers out of 4 are taken, so after
+    // one more transfer's worth, 8 packets wait and the oldest go.
+    let mut all = transfers.clone();
+    for n in 0..12u8 {
+        all.extend(submitted(&h.guest(0, iso_out(&[100 + n; 4]))));
+    }
+    assert_eq!(all.len(), 3, "a fourth transfer, then nothing");
+    // Completing one lets the next whole transfer go: packets 100 and 101
+    // went in the fourth transfer; of the 10 left, 102 and 103 were dropped.
+    let out = h.complete(sent_out(all[0].id, 192 + 10));
+    let next = submitted(&out);
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].out_data[0], next[0].out_data[4]), (104, 105));
+
+    // Stopping drops what waits; packets after the stop are dropped too.
+    let out = h.guest(0, Body::StopIsoStream { endpoint: 0x05 });
+    assert_eq!(cancelled(&out).len(), 4);
+    assert_eq!(h.guest(0, iso_out(&[9; 4])), []);
+    assert_eq!(h.s.complaints(), 1);
+}
+
+#[test]
+fn bad_iso_stream_requests_are_refused() {
+    let mut h = Harness::ready();
+    let start = |endpoint, pkts_per_urb, no_urbs| Body::StartIsoStream {
+        endpoint,
+        pkts_per_urb,
+        no_urbs,
     };
-    assert_eq!(out, [Action::Send(Packet::new(0, refused))]);
-    let iso_out = Body::Iso(IsoPacket {
-        endpoint: 0x04,
+    // Alternate setting 0 has no isochronous endpoint.
+    let out = h.guest(1, start(0x84, 4, 2));
+    assert_eq!(sent(&out), [(1, iso_status(status::STALL, 0x84))]);
+    let mut h = with_iso_endpoints();
+    for (pkts, urbs) in [(0, 2), (33, 2), (4, 0), (4, 17)] {
+        let out = h.guest(2, start(0x84, pkts, urbs));
+        assert_eq!(sent(&out), [(2, iso_status(status::INVAL, 0x84))]);
+    }
+    assert_eq!(submitted(&h.guest(3, start(0x84, 4, 2))).len(), 2);
+    let out = h.guest(4, start(0x84, 4, 2));
+    assert_eq!(sent(&out), [(4, iso_status(status::INVAL, 0x84))]);
+    // An iso_packet for an IN endpoint (which the codec refuses to decode
+    // from QEMU already).
+    let wrong_way = Body::Iso(IsoPacket {
+        endpoint: 0x84,
         status: 0,
-        length: 2,
-        data: Bytes::from_static(&[1, 2]),
+        length: 1,
+        data: Bytes::from_static(&[1]),
     });
-    assert_eq!(h.guest(0, iso_out), []);
-    let out = h.guest(0, Body::StopIsoStream { endpoint: 0x84 });
-    let stopped = Body::IsoStreamStatus {
-        status: status::SUCCESS,
+    assert_eq!(h.s.on_packet(Packet::new(0, wrong_way)), []);
+    assert_eq!(h.s.complaints(), 6);
+}
+
+/// A reset stops the streams and tells QEMU (which starts them again); the
+/// device's loss stops them without a word (its disconnect says it all).
+#[test]
+fn a_reset_or_a_disconnect_ends_the_iso_streams() {
+    let mut h = with_iso_endpoints();
+    let start = Body::StartIsoStream {
         endpoint: 0x84,
+        pkts_per_urb: 1,
+        no_urbs: 2,
     };
-    assert_eq!(out, [Action::Send(Packet::new(0, stopped))]);
+    h.guest(0, start.clone());
+    let out = h.guest(0, Body::Reset);
+    assert_eq!(cancelled(&out).len(), 2);
+    assert_eq!(sent(&out), [(0, iso_status(status::STALL, 0x84))]);
+    // Started again after the reset, then the device goes.
+    let token = match out.last() {
+        Some(Action::ResetPort { token, .. }) => *token,
+        other => panic!("no reset: {other:?}"),
+    };
+    h.upcall(Upcall::ResetDone {
+        port: PORT,
+        token,
+        status: Status::Ok,
+        speed: Some(Speed::High),
+    });
+    assert_eq!(submitted(&h.guest(0, start)).len(), 2);
+    let out = h.upcall(Upcall::Event(PortEvent::Disconnected { port: PORT }));
+    assert_eq!(cancelled(&out).len(), 2);
+    assert_eq!(sent(&out), [(0, Body::DeviceDisconnect)]);
 }
 
 #[test]
@@ -1058,15 +1278,32 @@ fn bad_packets_are_complained_about_and_refused() {
     assert!(matches!(&out[..], [Action::Close(why)] if why.contains("device_disconnect")));
 }
 
+/// QEMU's filter_reject: the device is withdrawn and not offered again on
+/// this connection until it reconnects, which would otherwise have QEMU
+/// refuse it again and again.
 #[test]
-fn filter_reject_ends_the_connection() {
+fn a_device_qemu_rejects_is_not_offered_again_until_it_reconnects() {
     let mut h = Harness::ready();
     let filter = Body::FilterFilter {
         rules: "0x03,-1,-1,-1,0|-1,-1,-1,-1,1".into(),
     };
     assert_eq!(h.guest(0, filter), []);
     let out = h.guest(0, Body::FilterReject);
-    assert!(matches!(&out[..], [Action::Close(why)] if why.contains("filter")));
+    assert_eq!(sent(&out), [(0, Body::DeviceDisconnect)]);
+    assert!(!h.s.announced());
+    // The acknowledgement does not bring it back, and requests fail.
+    assert_eq!(h.guest(0, Body::DeviceDisconnectAck), []);
+    assert!(!h.s.announced());
+    let out = h.guest(1, bulk(0x81, 8, b""));
+    assert_eq!(sent(&out), [(1, bulk_reply(0x81, status::IOERROR, 0, b""))]);
+    assert_eq!(h.s.complaints(), 0);
+    // Reconnected, it is offered again.
+    h.upcall(Upcall::Event(PortEvent::Disconnected { port: PORT }));
+    let out = h.connect(PORT, Speed::Full);
+    assert!(matches!(
+        sent(&out).last(),
+        Some((_, Body::DeviceConnect(_)))
+    ));
 }
 
 #[test]

@@ -124,6 +124,10 @@ pub enum Pending {
     ClearHalt {
         endpoint: u8,
     },
+    /// One of the transfers of an isochronous stream.
+    Iso {
+        endpoint: u8,
+    },
 }
 
 /// The transfers on the device, by tag, and the guest's ids of the keyed
