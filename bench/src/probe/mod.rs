@@ -6,6 +6,10 @@
 pub mod aligned;
 pub mod disk;
 pub mod disk_pattern;
+pub mod echo;
+pub mod hid;
+pub mod ping;
+pub mod serial;
 pub mod sys;
 pub mod tty;
 
