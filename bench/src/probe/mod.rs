@@ -10,6 +10,8 @@ pub mod echo;
 pub mod hid;
 pub mod ping;
 pub mod serial;
+pub mod sink;
+pub mod stream;
 pub mod sys;
 pub mod tty;
 
