@@ -3,10 +3,15 @@
 //! The `usbip-load` binary drives a USB/IP server (ours or Linux's usbipd)
 //! with bulk URBs against the loopback dongle's source and sink endpoints
 //! and reports URB rate, payload throughput and latency.
+//!
+//! The `vusb-probe` binary ([`probe`]) measures from inside the test
+//! guests: pendrive throughput, serial and HID round trips, and a HID
+//! report stream.
 
 pub mod client;
 pub mod cpu;
 pub mod pattern;
+pub mod probe;
 pub mod report;
 pub mod stats;
 

@@ -1,4 +1,5 @@
-//! What one load run measured, and its derived rates.
+//! What one load run measured, and its derived rates; the sample statistics
+//! shared by the load generators and `vusb-probe`.
 
 use std::time::Duration;
 
@@ -42,16 +43,66 @@ impl Latency {
             return Self::default();
         }
         samples.sort_unstable();
-        let at = |q: f64| {
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            Duration::from_nanos(samples[rank - 1])
-        };
+        let at = |q: f64| Duration::from_nanos(nearest_rank(samples, q));
         Self {
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
             max: Duration::from_nanos(samples[samples.len() - 1]),
         }
+    }
+}
+
+/// Nearest-rank percentile `q` (0 to 1) of `sorted`, which must be sorted
+/// and not empty: the smallest sample with at least a share `q` of all
+/// samples at or below it. Always one of the samples, never interpolated.
+pub fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// The spread of a set of durations, in microseconds: what `vusb-probe`
+/// reports for round trips and intervals.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub count: usize,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    /// Population standard deviation (divided by `count`, as numpy's
+    /// default), so a single sample has 0.
+    pub std: f64,
+    /// Nearest-rank percentiles, like [`Latency`].
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl Summary {
+    /// Summarises samples given in nanoseconds; `None` without samples.
+    pub fn from_nanos(samples: &[u64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len() as f64;
+        let mean = sorted.iter().map(|&s| s as f64).sum::<f64>() / n;
+        let var = sorted
+            .iter()
+            .map(|&s| (s as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        // Rounded to the nanosecond the samples have.
+        let us = |ns: f64| ns.round() / 1e3;
+        Some(Self {
+            count: sorted.len(),
+            min: us(sorted[0] as f64),
+            max: us(sorted[sorted.len() - 1] as f64),
+            mean: us(mean),
+            std: us(var.sqrt()),
+            p50: us(nearest_rank(&sorted, 0.50) as f64),
+            p99: us(nearest_rank(&sorted, 0.99) as f64),
+        })
     }
 }
 
@@ -145,6 +196,44 @@ mod tests {
         assert_eq!(l.max, Duration::from_nanos(100));
         assert_eq!(Latency::from_samples(&mut [7]).p50, Duration::from_nanos(7));
         assert_eq!(Latency::from_samples(&mut []), Latency::default());
+    }
+
+    #[test]
+    fn nearest_rank_picks_a_sample_without_interpolating() {
+        let sorted = [10, 20, 30, 40];
+        assert_eq!(nearest_rank(&sorted, 0.0), 10);
+        assert_eq!(nearest_rank(&sorted, 0.25), 10);
+        assert_eq!(nearest_rank(&sorted, 0.26), 20);
+        assert_eq!(nearest_rank(&sorted, 0.5), 20);
+        assert_eq!(nearest_rank(&sorted, 0.99), 40);
+        assert_eq!(nearest_rank(&sorted, 1.0), 40);
+        assert_eq!(nearest_rank(&[5], 0.99), 5);
+    }
+
+    #[test]
+    fn summary_is_in_microseconds_with_population_std() {
+        assert_eq!(Summary::from_nanos(&[]), None);
+        // 2, 4, 4, 4, 5, 5, 7, 9 ms: mean 5, population std exactly 2.
+        let ms = [9, 4, 5, 4, 2, 7, 4, 5];
+        let ns: Vec<u64> = ms.iter().map(|m| m * 1_000_000).collect();
+        let s = Summary::from_nanos(&ns).unwrap();
+        assert_eq!(s.count, 8);
+        assert_eq!(s.min, 2000.0);
+        assert_eq!(s.max, 9000.0);
+        assert_eq!(s.mean, 5000.0);
+        assert_eq!(s.std, 2000.0);
+        assert_eq!(s.p50, 4000.0);
+        assert_eq!(s.p99, 9000.0);
+        // The input order is the caller's (round trips in ping order).
+        assert_eq!(ns[0], 9_000_000);
+
+        let one = Summary::from_nanos(&[1500]).unwrap();
+        assert_eq!((one.min, one.max, one.std, one.p99), (1.5, 1.5, 0.0, 1.5));
+
+        // p99 of 300 round trips is the 297th smallest.
+        let ns: Vec<u64> = (1..=300).map(|i| i * 1000).collect();
+        let s = Summary::from_nanos(&ns).unwrap();
+        assert_eq!((s.p50, s.p99), (150.0, 297.0));
     }
 
     #[test]
