@@ -244,19 +244,13 @@ impl Session {
                 data.extend_from_slice(&packet);
             }
             let length = data.len() as u32;
-            let tag = self.inflight.insert(Pending::Iso { endpoint });
-            self.iso
-                .get_mut(&endpoint)
-                .expect("looked up above")
-                .tags
-                .push(tag);
-            out.push(Action::Submit(Transfer {
-                flags: xfer_flags::ISO_ASAP,
+            let transfer = Transfer {
                 interval,
                 iso_packets: packets,
                 out_data: data.freeze(),
-                ..Transfer::new(tag, port, endpoint, TransferKind::Isochronous, length)
-            }));
+                ..Transfer::new(0, port, endpoint, TransferKind::Isochronous, length)
+            };
+            self.submit_iso(transfer, out);
         }
     }
 
@@ -275,18 +269,26 @@ impl Session {
                 length: len,
             })
             .collect();
-        let tag = self.inflight.insert(Pending::Iso { endpoint });
-        self.iso
-            .get_mut(&endpoint)
-            .expect("looked up above")
-            .tags
-            .push(tag);
-        out.push(Action::Submit(Transfer {
-            flags: xfer_flags::ISO_ASAP,
+        let transfer = Transfer {
             interval,
             iso_packets: packets,
-            ..Transfer::new(tag, port, endpoint, TransferKind::Isochronous, n * len)
-        }));
+            ..Transfer::new(0, port, endpoint, TransferKind::Isochronous, n * len)
+        };
+        self.submit_iso(transfer, out);
+    }
+
+    /// Tags one of a stream's transfers and submits it, scheduled as soon as possible (the
+    /// stream keeps its own pace; there is no frame to aim at).
+    fn submit_iso(&mut self, mut transfer: Transfer, out: &mut Vec<Action>) {
+        let endpoint = transfer.endpoint;
+        let Some(stream) = self.iso.get_mut(&endpoint) else {
+            return;
+        };
+        let tag = self.inflight.insert(Pending::Iso { endpoint });
+        stream.tags.push(tag);
+        transfer.id = tag;
+        transfer.flags = xfer_flags::ISO_ASAP;
+        out.push(Action::Submit(transfer));
     }
 
     fn interval_of(&self, endpoint: u8) -> u32 {
