@@ -6,9 +6,10 @@
 # CACHE_DIR defaults to $VUSB_GUEST_IMAGES_DIR, then to <repo>/target/guest-images.
 # Outputs there: vmlinuz, initramfs.cpio.gz, stamp.
 #
-# The initramfs is a busybox system with the stock Linux USB/IP tools (usbip, usbipd) and the
-# kernel modules both test roles need: the USB/IP client (vhci-hcd + class drivers) and a
-# simulated home gateway (dummy_hcd + configfs gadgets + usbip-host). It also holds this
+# The initramfs is a busybox system with the stock Linux USB/IP tools (usbip, usbipd), iproute2's
+# tc and the kernel modules both test roles need: the USB/IP client (vhci-hcd + class drivers)
+# and a simulated home gateway (dummy_hcd + configfs gadgets + usbip-host, and netem behind an
+# ifb device to shape its link in both directions, tests/src/link.rs). It also holds this
 # repository's virtio-usb host controller driver, built against the image's kernel
 # (guest-images/build-virtio-usb-hcd.sh), as /opt/virtio-usb-hcd/virtio_usb_hcd.ko: outside the
 # module tree, so that nothing loads it before a test insmods it. Its /init brings up the
@@ -34,7 +35,7 @@ die() {
 }
 
 # Packages whose files end up in the image or that the tests run on the host.
-PACKAGES=(linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux qemu-system-x86)
+PACKAGES=(linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux qemu-system-x86 iproute2)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
@@ -81,7 +82,8 @@ MODDIR="/lib/modules/$KVER"
 # Input hash: anything that changes the image changes it.
 pkg_versions() {
     local p
-    for p in "$KPKG" "linux-headers-$KVER" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod; do
+    for p in "$KPKG" "linux-headers-$KVER" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod \
+        iproute2 libbpf1 libelf1 libmnl0 libbsd0 libcap2 libxtables12 zlib1g libmd0; do
         printf '%s=%s\n' "$p" "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
     done
 }
@@ -137,24 +139,49 @@ for a in $APPLETS; do
     [ "$a" = busybox ] || [ -e "$STAGE/bin/$a" ] || ln -s busybox "$STAGE/bin/$a"
 done
 
-# Copies a file to the same path in the stage, following symlinks.
+# copy_file FILE [PATH]: copies FILE into the stage at PATH (default: its own path), following
+# symlinks.
 copy_file() {
-    mkdir -p "$STAGE$(dirname "$1")"
-    cp -L "$1" "$STAGE$1"
+    local dest="${2:-$1}"
+    mkdir -p "$STAGE$(dirname "$dest")"
+    cp -L "$1" "$STAGE$dest"
 }
 
-say "adding usbip, usbipd and their shared libraries"
-for bin in /usr/sbin/usbip /usr/sbin/usbipd; do
-    [ -x "$bin" ] || die "$bin not found (package usbip)"
-    copy_file "$bin"
+# copy_program PROGRAM [PATH]: copies a dynamically linked program (to PATH, default its own
+# path) and the shared libraries ldd names for it; a library ldd cannot find stops the build
+# rather than a guest later.
+copy_program() {
+    local bin="$1" lib missing
+    copy_file "$bin" "${2:-$1}"
+    missing="$(ldd "$bin" | grep 'not found' || true)"
+    [ -z "$missing" ] || die "ldd $bin: $missing"
     # ldd prints "name => /path (addr)" for libraries and "/path (addr)" for the loader.
     ldd "$bin" | awk '/=>/ { if ($3 ~ /^\//) print $3; next } $1 ~ /^\// { print $1 }' |
         while read -r lib; do
             [ -e "$STAGE$lib" ] || copy_file "$lib"
         done
+}
+
+say "adding usbip, usbipd and their shared libraries"
+for bin in /usr/sbin/usbip /usr/sbin/usbipd; do
+    [ -x "$bin" ] || die "$bin not found (package usbip)"
+    copy_program "$bin"
 done
 # usbip prints vendor/product names from it; optional.
 [ -f /usr/share/misc/usb.ids ] && copy_file /usr/share/misc/usb.ids
+
+# iproute2's tc shapes the simulated gateway's link with netem (tests/src/link.rs). Busybox has a
+# tc applet without netem, and this busybox's sh runs its applets ahead of anything on PATH, so
+# the shaping scripts call /sbin/tc by its path: where iproute2 installs it, on the gateway too.
+# Busybox's ip is enough for the rest: `modprobe ifb numifbs=1` creates the ifb device and
+# `ip link set dev ifb0 up` brings it up.
+say "adding iproute2's tc and its shared libraries"
+TC=/usr/sbin/tc
+[ -x "$TC" ] || TC=/sbin/tc
+[ -x "$TC" ] || die "tc not found in /usr/sbin or /sbin (package iproute2)"
+copy_program "$TC" /sbin/tc
+# The copy must run as it is, with the libraries the image holds.
+out="$(chroot "$STAGE" /sbin/tc -V 2>&1)" || die "iproute2's tc does not run inside the image: $out"
 
 say "adding kernel modules"
 # Client role, NIC, and the simulated-gateway role (gadgets exported with usbip-host, links
@@ -163,11 +190,15 @@ say "adding kernel modules"
 # emulated USB audio device, which dummy_hcd cannot replace: it has no isochronous endpoints);
 # usbhid, hid-generic and snd-usb-audio are the client's drivers for them (snd-pcm-oss gives
 # it /dev/dsp, which plays raw samples written by dd: busybox has no ALSA player).
+# The link (tests/src/link.rs) has netem in eth0's root qdisc for outgoing packets and in
+# ifb0's for incoming ones, which eth0's ingress qdisc hands to ifb0 with a matchall filter and
+# a mirred action. The guest has no /sbin/modprobe for the kernel to load these on demand: the
+# shaping script loads them.
 MODULES=(
     usbip-core vhci-hcd cdc-acm usb-storage sd_mod usbhid hid-generic snd-usb-audio snd-pcm-oss
     virtio_pci virtio_net e1000
     dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usb_f_hid usbip-host xhci-pci
-    sch_netem
+    sch_netem sch_ingress cls_matchall act_mirred ifb
 )
 declare -A SEEN=()
 add_module() {
