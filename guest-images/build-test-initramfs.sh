@@ -8,10 +8,11 @@
 #
 # The initramfs is a busybox system with the stock Linux USB/IP tools (usbip, usbipd), the
 # stock usbredir exporter (usbredirect, which the simulated gateway runs to compare with this
-# repository's usbredir front-end) and the kernel modules both test roles need: the USB/IP
-# client (vhci-hcd + class drivers) and a simulated home gateway (dummy_hcd + configfs gadgets
-# + usbip-host). It also holds this repository's virtio-usb host controller driver, built
-# against the image's kernel (guest-images/build-virtio-usb-hcd.sh), as
+# repository's usbredir front-end), iproute2's tc and the kernel modules both test roles need:
+# the USB/IP client (vhci-hcd + class drivers) and a simulated home gateway (dummy_hcd +
+# configfs gadgets + usbip-host, and netem behind an ifb device to shape its link in both
+# directions, tests/src/link.rs). It also holds this repository's virtio-usb host controller
+# driver, built against the image's kernel (guest-images/build-virtio-usb-hcd.sh), as
 # /opt/virtio-usb-hcd/virtio_usb_hcd.ko: outside the module tree, so that nothing loads it
 # before a test insmods it. Its /init brings up the
 # network of QEMU user networking (guest 10.0.2.15, host reachable at 10.0.2.2), loads
@@ -36,7 +37,7 @@ die() {
 }
 
 # Packages whose files end up in the image or that the tests run on the host.
-PACKAGES=(linux-image-amd64 busybox-static usbip usbredirect usb.ids cpio kmod gzip util-linux qemu-system-x86)
+PACKAGES=(linux-image-amd64 busybox-static usbip usbredirect usb.ids cpio kmod gzip util-linux qemu-system-x86 iproute2)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
@@ -84,7 +85,8 @@ MODDIR="/lib/modules/$KVER"
 pkg_versions() {
     local p
     for p in "$KPKG" "linux-headers-$KVER" busybox-static usbip usb.ids libc6 libudev1 libwrap0 kmod \
-        usbredirect libusbredirhost1 libusbredirparser1 libusb-1.0-0 libglib2.0-0; do
+        usbredirect libusbredirhost1 libusbredirparser1 libusb-1.0-0 libglib2.0-0 \
+        iproute2 libbpf1 libelf1 libmnl0 libbsd0 libcap2 libxtables12 zlib1g libmd0; do
         printf '%s=%s\n' "$p" "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
     done
 }
@@ -140,19 +142,23 @@ for a in $APPLETS; do
     [ "$a" = busybox ] || [ -e "$STAGE/bin/$a" ] || ln -s busybox "$STAGE/bin/$a"
 done
 
-# Copies a file to the same path in the stage, following symlinks.
+# copy_file FILE [PATH]: copies FILE into the stage at PATH (default: its own path), following
+# symlinks.
 copy_file() {
-    mkdir -p "$STAGE$(dirname "$1")"
-    cp -L "$1" "$STAGE$1"
+    local dest="${2:-$1}"
+    mkdir -p "$STAGE$(dirname "$dest")"
+    cp -L "$1" "$STAGE$dest"
 }
 
-# add_binary PATH PACKAGE: copies a program and the shared libraries it links.
+# add_binary PROGRAM PACKAGE [PATH]: copies a dynamically linked program (to PATH, default its
+# own path) and the shared libraries ldd names for it; a library ldd cannot find stops the
+# build rather than a guest later.
 add_binary() {
     local bin="$1" package="$2" libs
     [ -x "$bin" ] || die "$bin not found (package $package)"
-    copy_file "$bin"
+    copy_file "$bin" "${3:-$1}"
     # ldd prints "name => /path (addr)" for libraries, "name => not found" for missing ones,
-    # and "/path (addr)" for the loader. A missing library would only show in a guest.
+    # and "/path (addr)" for the loader.
     libs="$(ldd "$bin")" || die "ldd $bin failed"
     if grep -q 'not found' <<<"$libs"; then
         die "$bin needs libraries that are missing: $(grep 'not found' <<<"$libs" | tr -s ' \t\n' ' ')"
@@ -170,6 +176,18 @@ add_binary /usr/bin/usbredirect usbredirect
 # usbip prints vendor/product names from it; optional.
 [ -f /usr/share/misc/usb.ids ] && copy_file /usr/share/misc/usb.ids
 
+# iproute2's tc shapes the simulated gateway's link with netem (tests/src/link.rs). Busybox has a
+# tc applet without netem, and this busybox's sh runs its applets ahead of anything on PATH, so
+# the shaping scripts call /sbin/tc by its path: where iproute2 installs it, on the gateway too.
+# Busybox's ip is enough for the rest: `modprobe ifb numifbs=1` creates the ifb device and
+# `ip link set dev ifb0 up` brings it up.
+say "adding iproute2's tc and its shared libraries"
+TC=/usr/sbin/tc
+[ -x "$TC" ] || TC=/sbin/tc
+add_binary "$TC" iproute2 /sbin/tc
+# The copy must run as it is, with the libraries the image holds.
+out="$(chroot "$STAGE" /sbin/tc -V 2>&1)" || die "iproute2's tc does not run inside the image: $out"
+
 say "adding kernel modules"
 # Client role, NIC, and the simulated-gateway role (gadgets exported with usbip-host, links
 # shaped with netem). The HID gadget function gives the gateway a device with interrupt
@@ -177,11 +195,15 @@ say "adding kernel modules"
 # emulated USB audio device, which dummy_hcd cannot replace: it has no isochronous endpoints);
 # usbhid, hid-generic and snd-usb-audio are the client's drivers for them (snd-pcm-oss gives
 # it /dev/dsp, which plays raw samples written by dd: busybox has no ALSA player).
+# The link (tests/src/link.rs) has netem in eth0's root qdisc for outgoing packets and in
+# ifb0's for incoming ones, which eth0's ingress qdisc hands to ifb0 with a matchall filter and
+# a mirred action. The guest has no /sbin/modprobe for the kernel to load these on demand: the
+# shaping script loads them.
 MODULES=(
     usbip-core vhci-hcd cdc-acm usb-storage sd_mod usbhid hid-generic snd-usb-audio snd-pcm-oss
     virtio_pci virtio_net e1000
     dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usb_f_hid usbip-host xhci-pci
-    sch_netem
+    sch_netem sch_ingress cls_matchall act_mirred ifb
 )
 declare -A SEEN=()
 add_module() {

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
     build-essential pkg-config libusb-1.0-0-dev
     # Guests under test: QEMU, Debian's kernel, busybox and the stock USB/IP tools.
-    qemu-system-x86 linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux
+    qemu-system-x86 linux-image-amd64 busybox-static usbip usb.ids cpio kmod gzip util-linux iproute2
     # The stock usbredir exporter, run in the simulated gateway to compare with ours.
     usbredirect
     # Headers of that kernel, to build the guest's virtio-usb driver against.

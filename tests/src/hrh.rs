@@ -695,6 +695,39 @@ vusb_serve
     }
 }
 
+/// Emulated links to the ISP ([`crate::link`]), shaped on the HRH's eth0, which every tunnel
+/// crosses both ways.
+impl Hrh {
+    /// Shapes the link like `link` in both directions; called again, it switches to another.
+    pub fn shape(&mut self, link: &crate::link::Link) -> Result<()> {
+        self.run_script(&crate::link::shape_script(link, "eth0"))
+    }
+
+    /// Takes the shaping off again (nothing happens where there is none).
+    pub fn unshape(&mut self) -> Result<()> {
+        self.run_script(&crate::link::unshape_script("eth0"))
+    }
+
+    /// Runs a script of several lines. A command is one line of the test channel, so the
+    /// script travels as printf's `%b` argument, its line breaks as `\n`, into a file. The
+    /// guest's tty takes at most 4095 characters a line.
+    fn run_script(&mut self, script: &str) -> Result<()> {
+        let escaped = script
+            .replace('\\', r"\\")
+            .replace('\n', r"\n")
+            .replace('\'', r"'\''");
+        let command = format!("printf '%b' '{escaped}' >/tmp/script.sh && sh /tmp/script.sh");
+        if command.len() > 4000 {
+            bail!(
+                "a script of {} characters is too long for the test channel",
+                command.len()
+            );
+        }
+        self.remote.check(&command, Duration::from_secs(60))?;
+        Ok(())
+    }
+}
+
 /// Boots the client guest, which imports from the HRH through `10.0.2.2:<hrh_port>`. Returns
 /// at once; wait with [`Remote::wait_ready`].
 pub fn boot_client(name: &str, hrh_port: u16) -> Result<Remote> {

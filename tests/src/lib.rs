@@ -23,6 +23,7 @@ pub mod exporter;
 pub mod guest;
 mod host_daemon;
 pub mod hrh;
+pub mod link;
 pub mod qemu_chroot;
 pub mod remote;
 mod util;
