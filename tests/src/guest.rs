@@ -126,6 +126,14 @@ impl GuestConfig {
         self
     }
 
+    /// Adds the workspace binary `name` as `/usr/bin/<name>`, with its shared libraries.
+    pub fn workspace_binary(mut self, name: &str) -> Result<Self> {
+        for (path, contents) in crate::binaries::workspace_binary_files(name)? {
+            self = self.file(&path, contents, 0o755);
+        }
+        Ok(self)
+    }
+
     /// Appends arguments to QEMU's command line, e.g. another `-netdev user,…,hostfwd=…` with
     /// its NIC (the default NIC's netdev has the id `n0`).
     pub fn qemu_args<I, S>(mut self, args: I) -> Self

@@ -25,12 +25,10 @@
 //! [`HrhConfig::forward`] makes reachable from the host, where QEMU's `usb-redir` connects.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::exporter::workspace_binary;
 use crate::guest::{Guest, GuestConfig};
 use crate::remote::{Output, Remote, SERVE_FUNCTION};
 use crate::util::{free_port, log_dir, workspace_root};
@@ -489,7 +487,8 @@ pub fn find_device<'a>(devices: &'a [HrhDevice], name: &str) -> Result<&'a HrhDe
 pub struct HrhConfig {
     name: String,
     storage_mib: u32,
-    with_exporter: bool,
+    /// Workspace binaries to put into the guest.
+    binaries: Vec<&'static str>,
     rust_log: String,
     /// Guest TCP ports forwarded from the host besides the USB/IP port.
     forwards: Vec<u16>,
@@ -501,7 +500,7 @@ impl HrhConfig {
         Self {
             name: name.to_owned(),
             storage_mib: 16,
-            with_exporter: false,
+            binaries: Vec::new(),
             rust_log: "info".to_owned(),
             forwards: Vec::new(),
         }
@@ -514,7 +513,13 @@ impl HrhConfig {
 
     /// Puts the workspace's `hrh-exporter` (and the shared libraries it links) into the guest.
     pub fn with_exporter(mut self) -> Self {
-        self.with_exporter = true;
+        self.binaries.push("hrh-exporter");
+        self
+    }
+
+    /// Puts the workspace's `vusb-probe` (the benchmarks' measuring tool) into the guest.
+    pub fn with_probe(mut self) -> Self {
+        self.binaries.push("vusb-probe");
         self
     }
 
@@ -586,10 +591,8 @@ vusb_serve
                 "-audiodev".to_owned(),
                 format!("wav,id=hrhsnd,path={}", wav_path.display()),
             ]);
-        if config.with_exporter {
-            for (path, contents) in exporter_files()? {
-                guest = guest.file(&path, contents, 0o755);
-            }
+        for name in &config.binaries {
+            guest = guest.workspace_binary(name)?;
         }
         let mut forwards = Vec::new();
         for &guest_port in &config.forwards {
@@ -731,6 +734,11 @@ impl Hrh {
 /// Boots the client guest, which imports from the HRH through `10.0.2.2:<hrh_port>`. Returns
 /// at once; wait with [`Remote::wait_ready`].
 pub fn boot_client(name: &str, hrh_port: u16) -> Result<Remote> {
+    Ok(Remote::new(Guest::boot(client_config(name, hrh_port))?))
+}
+
+/// The client guest's configuration (see [`boot_client`]), for adding to it.
+pub fn client_config(name: &str, hrh_port: u16) -> GuestConfig {
     let script = format!(
         r#"{COMMON_FUNCTIONS}
 {CLIENT_FUNCTIONS}
@@ -740,64 +748,7 @@ modprobe snd-pcm-oss || fail "modprobe snd-pcm-oss failed"
 vusb_serve
 "#
     );
-    let config = GuestConfig::new(name, &script).env("VUSB_PORT", hrh_port);
-    Ok(Remote::new(Guest::boot(config)?))
-}
-
-/// `hrh-exporter` for the HRH guest, with the shared libraries `ldd` names (the loader too,
-/// so that they match), as (path in the guest, contents). The binary is stripped of its debug
-/// information when `objcopy` is at hand: the archive is held in guest memory.
-pub fn exporter_files() -> Result<Vec<(String, Vec<u8>)>> {
-    let binary = workspace_binary("hrh-exporter")?;
-    let mut files = Vec::new();
-    let stripped = tempfile::NamedTempFile::new()?;
-    let contents = match Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(&binary)
-        .arg(stripped.path())
-        .status()
-    {
-        Ok(status) if status.success() => std::fs::read(stripped.path())?,
-        _ => std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
-    };
-    files.push(("/usr/bin/hrh-exporter".to_owned(), contents));
-
-    let out = Command::new("ldd")
-        .arg(&binary)
-        .output()
-        .context("running ldd (package libc-bin)")?;
-    if !out.status.success() {
-        bail!(
-            "ldd {} failed: {}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout))? {
-        let contents = std::fs::read(&lib).with_context(|| format!("reading {lib}"))?;
-        files.push((lib, contents));
-    }
-    Ok(files)
-}
-
-/// The library paths in `ldd` output: "name => /path (addr)" and, for the loader,
-/// "/path (addr)". A library ldd cannot find is an error, not a guest that fails later.
-fn ldd_paths(output: &str) -> Result<Vec<String>> {
-    let mut paths = Vec::new();
-    for line in output.lines() {
-        let line = line.trim();
-        if let Some((name, rest)) = line.split_once(" => ") {
-            let path = rest.split_whitespace().next().unwrap_or("");
-            if path.starts_with('/') {
-                paths.push(path.to_owned());
-            } else if !name.starts_with("linux-vdso") {
-                return Err(anyhow!("ldd cannot find {name}: {line}"));
-            }
-        } else if line.starts_with('/') {
-            paths.push(line.split_whitespace().next().unwrap_or(line).to_owned());
-        }
-    }
-    Ok(paths)
+    GuestConfig::new(name, &script).env("VUSB_PORT", hrh_port)
 }
 
 /// Counts the clearly positive and clearly negative 16-bit samples of a WAV file that QEMU
@@ -834,23 +785,6 @@ pub fn check_tone_reached(count: usize, seconds: u32, who: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ldd_output_gives_libraries_and_loader() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
-                   \tlibusb-1.0.so.0 => /lib/x86_64-linux-gnu/libusb-1.0.so.0 (0x00007f01)\n\
-                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
-                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f03)\n";
-        assert_eq!(
-            ldd_paths(out).unwrap(),
-            [
-                "/lib/x86_64-linux-gnu/libusb-1.0.so.0",
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "/lib64/ld-linux-x86-64.so.2"
-            ]
-        );
-        assert!(ldd_paths("\tlibudev.so.1 => not found\n").is_err());
-    }
 
     #[test]
     fn device_lines_are_parsed() {

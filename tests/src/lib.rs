@@ -18,6 +18,7 @@
 
 pub mod assets;
 pub mod backend;
+pub mod binaries;
 pub mod cpio;
 pub mod exporter;
 pub mod guest;
@@ -32,9 +33,10 @@ pub mod vhome_image;
 
 pub use assets::{guest_assets, GuestAssets};
 pub use backend::{vhost_user_usb_args, Backend};
+pub use binaries::workspace_binary_files;
 pub use exporter::{image_head_sha256, pendrive_image, workspace_binary, Exporter};
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
-pub use hrh::{boot_client, exporter_files, find_device, Hrh, HrhConfig, HrhDevice, Server};
+pub use hrh::{boot_client, client_config, find_device, Hrh, HrhConfig, HrhDevice, Server};
 pub use remote::{Output, Remote};
 pub use util::{free_port, log_dir, tail_lines, target_dir, wait_until, workspace_root};
 pub use vhome_image::{vhome_image, VhomeImage};

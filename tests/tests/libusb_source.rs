@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use vusb_vm_tests::{exporter_files, log_dir, workspace_root, Guest, GuestConfig};
+use vusb_vm_tests::{log_dir, workspace_binary_files, workspace_root, Guest, GuestConfig};
 
 /// Boot to `/test.sh` takes 10–20 s under TCG; this leaves room for a loaded machine.
 const BOOT: Duration = Duration::from_secs(120);
@@ -231,7 +231,7 @@ fn real_devices_through_libusb() -> Result<()> {
             "-audiodev".to_owned(),
             format!("wav,id=snd,path={}", wav.display()),
         ]);
-    for (path, contents) in exporter_files()? {
+    for (path, contents) in workspace_binary_files("hrh-exporter")? {
         config = config.file(&path, contents, 0o755);
     }
     let mut guest = Guest::boot(config)?;
