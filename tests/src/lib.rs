@@ -25,6 +25,7 @@ pub mod guest;
 mod host_daemon;
 pub mod hrh;
 pub mod link;
+pub mod linkbench;
 pub mod qemu_chroot;
 pub mod remote;
 mod util;

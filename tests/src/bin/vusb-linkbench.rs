@@ -1,0 +1,49 @@
+//! `vusb-linkbench`: the link benchmark (see `vusb_vm_tests::linkbench` and
+//! docs/link-benchmarks.md). Usually run through `scripts/bench-links.sh`, which builds
+//! what it needs first.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use vusb_vm_tests::linkbench::{runner, Plan};
+
+/// Pendrive throughput, serial and interrupt round trips and an interrupt stream through
+/// each USB path over each emulated link, measured in real guests.
+#[derive(Debug, Parser)]
+#[command(name = "vusb-linkbench")]
+struct Args {
+    /// A small version: 8 MiB, 20 round trips, 10 per second (a few minutes a link).
+    #[arg(long)]
+    quick: bool,
+    /// Only these paths (comma-separated): local, stock, ours-virtio, ours-usbredir, mixed.
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// Only these links (comma-separated), by name.
+    #[arg(long, value_delimiter = ',')]
+    links: Vec<String>,
+    /// Where results.json and results.md go.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    if !args.paths.is_empty() {
+        plan = plan.only_paths(&args.paths)?;
+    }
+    if !args.links.is_empty() {
+        plan = plan.only_links(&args.links)?;
+    }
+    let results = runner::run(&plan, &args.out)?;
+    eprintln!("results in {}", args.out.display());
+    if !results.all_ok() {
+        anyhow::bail!("some measurements failed; see the failures in results.md");
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The link benchmark: the research's measurements (pendrive write and read throughput,
+//! serial round trips through a CDC-ACM dongle) and an interrupt-endpoint stream, through
+//! five ways of reaching the HRH's devices, over emulated home-to-ISP links. The devices are
+//! the HRH guest's real kernel gadgets ([`crate::hrh`]); the links are netem inside the HRH
+//! guest ([`crate::link`]); the measuring is done inside the guests by `vusb-probe`.
+//!
+//! * `plan`: what is measured, full or quick;
+//! * `paths`: bringing a path up (servers, backends, guests) and down again;
+//! * `workloads`: running `vusb-probe` in a guest and reading its results;
+//! * `runner`: the run itself, with its progress lines;
+//! * `report`: the results as JSON and markdown.
+//!
+//! `vusb-linkbench` (tests/src/bin) drives it; docs/link-benchmarks.md explains it.
+
+pub mod paths;
+pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod workloads;
+
+pub use paths::PathKind;
+pub use plan::Plan;

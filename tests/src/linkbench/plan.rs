@@ -1,0 +1,123 @@
+//! What a run measures: the workloads' sizes, the paths and the links.
+
+use anyhow::{bail, Result};
+
+use super::PathKind;
+use crate::link::{self, Link};
+
+/// The sizes of the workloads and what they run over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Written and then read back, sequentially, on the pendrive (Table I).
+    pub disk_mib: u32,
+    /// Serial round trips per series (Table II), at 1 Hz and back to back.
+    pub pings: u32,
+    /// The slow series' period (the research's: one inquiry a second).
+    pub slow_interval_ms: u32,
+    /// HID reports of the interrupt stream, and their period.
+    pub stream_reports: u32,
+    pub stream_interval_ms: u32,
+    /// Round trips through the interrupt endpoints.
+    pub hid_pings: u32,
+    pub paths: Vec<PathKind>,
+    pub links: Vec<Link>,
+    pub quick: bool,
+}
+
+impl Plan {
+    /// The run: 64 MiB, 300 round trips at 1 Hz and back to back, every path over
+    /// every link. It takes a good hour and a half under TCG.
+    pub fn full() -> Self {
+        Self {
+            disk_mib: 64,
+            pings: 300,
+            slow_interval_ms: 1000,
+            stream_reports: 1000,
+            stream_interval_ms: 8,
+            hid_pings: 300,
+            paths: PathKind::ALL.to_vec(),
+            links: link::LINKS.to_vec(),
+            quick: false,
+        }
+    }
+
+    /// A few minutes' version of the same, for trying the benchmark out (and for CI): small
+    /// sizes, a tenth of a second between the slow series' pings.
+    pub fn quick() -> Self {
+        Self {
+            disk_mib: 8,
+            pings: 20,
+            slow_interval_ms: 100,
+            stream_reports: 100,
+            stream_interval_ms: 8,
+            hid_pings: 20,
+            quick: true,
+            ..Self::full()
+        }
+    }
+
+    /// Keeps only the paths named (by [`PathKind::name`]), in the plan's order.
+    pub fn only_paths(mut self, names: &[String]) -> Result<Self> {
+        for n in names {
+            if PathKind::by_name(n).is_none() {
+                let known: Vec<&str> = PathKind::ALL.iter().map(|p| p.name()).collect();
+                bail!("unknown path {n:?}; the paths are {}", known.join(", "));
+            }
+        }
+        self.paths.retain(|p| names.iter().any(|n| n == p.name()));
+        Ok(self)
+    }
+
+    /// Keeps only the links named (by [`Link::name`]).
+    pub fn only_links(mut self, names: &[String]) -> Result<Self> {
+        for n in names {
+            if link::by_name(n).is_none() {
+                let known: Vec<&str> = link::LINKS.iter().map(|l| l.name).collect();
+                bail!("unknown link {n:?}; the links are {}", known.join(", "));
+            }
+        }
+        self.links.retain(|l| names.iter().any(|n| n == l.name));
+        Ok(self)
+    }
+
+    /// The (link, path) cells in the order they run: per link, every tunnelled path; the
+    /// local path, which crosses no link, once, with `None`.
+    pub fn cells(&self) -> Vec<(Option<Link>, PathKind)> {
+        let mut cells = Vec::new();
+        if self.paths.contains(&PathKind::Local) {
+            cells.push((None, PathKind::Local));
+        }
+        for l in &self.links {
+            for p in self.paths.iter().filter(|p| p.tunnelled()) {
+                cells.push((Some(*l), *p));
+            }
+        }
+        cells
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_plan_runs_local_once_and_every_tunnel_over_every_link() {
+        let cells = Plan::full().cells();
+        assert_eq!(cells.len(), 1 + 4 * 3);
+        assert_eq!(cells[0], (None, PathKind::Local));
+        assert!(cells[1..].iter().all(|(l, p)| l.is_some() && p.tunnelled()));
+    }
+
+    #[test]
+    fn paths_and_links_can_be_narrowed_by_name() {
+        let plan = Plan::quick()
+            .only_paths(&["stock".into(), "ours-virtio".into()])
+            .unwrap()
+            .only_links(&[link::LINKS[0].name.into()])
+            .unwrap();
+        assert_eq!(plan.cells().len(), 2);
+        let e = Plan::quick().only_paths(&["nope".into()]).unwrap_err();
+        assert!(e.to_string().contains("the paths are local, stock"), "{e}");
+        assert!(Plan::quick().only_links(&["nope".into()]).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Running a plan: one HRH guest for the whole run, shaped link after link; every path
+//! brought up, measured and taken down in turn. A workload that fails is recorded and the
+//! run goes on; the results are written after every cell, so an interrupted run keeps what
+//! it measured.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::paths::{self, Devices};
+use super::report::{Cell, LinkSummary, PathSummary, Results};
+use super::workloads::{self, Workload};
+use super::{PathKind, Plan};
+use crate::hrh::{Hrh, HrhConfig};
+use crate::link::Link;
+
+const BOOT: Duration = Duration::from_secs(240);
+
+/// Lines on stderr as the run goes: the cell, each workload's headline number, the time
+/// spent and an estimate of what is left.
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    cells: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn new(cells: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            cells,
+            done: 0,
+        }
+    }
+
+    fn say(&self, what: &str) {
+        let elapsed = self.started.elapsed().as_secs();
+        let left = if self.done == 0 {
+            String::new()
+        } else {
+            let per_cell = elapsed / self.done as u64;
+            let rest = per_cell * (self.cells - self.done) as u64;
+            format!(", ~{}:{:02} left", rest / 60, rest % 60)
+        };
+        eprintln!(
+            "[{}/{} {}:{:02}{left}] {what}",
+            (self.done + 1).min(self.cells),
+            self.cells,
+            elapsed / 60,
+            elapsed % 60
+        );
+    }
+}
+
+/// Runs `plan`, writing `results.json` and `results.md` into `out` as it goes.
+pub fn run(plan: &Plan, out: &Path) -> Result<Results> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let cells = plan.cells();
+    let mut progress = Progress::new(cells.len());
+    let mut results = Results {
+        started: first_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        machine: machine(),
+        plan: plan.into(),
+        links: plan.links.iter().map(LinkSummary::from).collect(),
+        paths: plan
+            .paths
+            .iter()
+            .map(|p| PathSummary {
+                name: p.name(),
+                about: p.about(),
+            })
+            .collect(),
+        cells: Vec::new(),
+    };
+
+    progress.say("booting the HRH guest");
+    let config = HrhConfig::new("linkbench-hrh")
+        .with_exporter()
+        .with_probe()
+        // The image lives in the HRH's memory; a little beyond what is written.
+        .storage_mib(plan.disk_mib + 8);
+    let mut hrh = Hrh::boot(config)?;
+    let devices = Devices::find(&hrh.wait_ready(BOOT)?)?;
+
+    let mut shaped: Option<Link> = None;
+    for (link, kind) in cells {
+        if link != shaped {
+            match &link {
+                Some(l) => {
+                    progress.say(&format!("shaping the HRH's link: {}", l.name));
+                    hrh.shape(l)?;
+                }
+                None => hrh.unshape()?,
+            }
+            shaped = link;
+        }
+        let cell = run_cell(plan, &mut hrh, &devices, link.as_ref(), kind, &mut progress);
+        results.cells.push(cell);
+        progress.done += 1;
+        write(&results, out)?;
+    }
+    hrh.finish(Duration::from_secs(60))?;
+    Ok(results)
+}
+
+fn run_cell(
+    plan: &Plan,
+    hrh: &mut Hrh,
+    devices: &Devices,
+    link: Option<&Link>,
+    kind: PathKind,
+    progress: &mut Progress,
+) -> Cell {
+    let started = Instant::now();
+    let label = format!("{} {}", link.map_or("–", |l| l.name), kind.name());
+    let mut cell = Cell {
+        path: kind,
+        link: link.map(|l| l.name),
+        results: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        seconds: 0.0,
+    };
+    progress.say(&format!("{label}: bringing the path up"));
+    let name = format!(
+        "linkbench-{}-{}",
+        link.map_or("local", |l| l.name),
+        kind.name()
+    );
+    let mut attached = match paths::attach(kind, hrh, devices, &name) {
+        Ok(a) => a,
+        Err(e) => {
+            progress.say(&format!("{label}: FAILED to come up: {e:#}"));
+            cell.errors.insert("setup", format!("{e:#}"));
+            // Whatever came up is taken down with the server, so the next path starts clean.
+            let _ = hrh.stop_server();
+            cell.seconds = started.elapsed().as_secs_f64();
+            return cell;
+        }
+    };
+    for w in Workload::ALL {
+        progress.say(&format!("{label}: {}", w.name()));
+        let outcome = workloads::run(w, plan, hrh.remote(), attached.guest.as_mut());
+        if let Some(v) = outcome.result {
+            progress.say(&format!("{label}: {} {}", w.name(), headline(&v)));
+            cell.results.insert(w.name(), v);
+        }
+        if let Some(e) = outcome.error {
+            progress.say(&format!("{label}: {} FAILED: {e}", w.name()));
+            cell.errors.insert(w.name(), e);
+        }
+    }
+    if let Err(e) = paths::detach(attached, hrh) {
+        cell.errors.insert("teardown", format!("{e:#}"));
+    }
+    cell.seconds = started.elapsed().as_secs_f64();
+    cell
+}
+
+/// The number a reader wants first from a result.
+fn headline(v: &serde_json::Value) -> String {
+    let get = |k: &str| v.get(k).and_then(|x| x.as_f64());
+    let rtt = |k: &str| v.get("rtt_stats_us")?.get(k)?.as_f64();
+    if let Some(mbps) = get("mb_per_s") {
+        format!("{mbps:.2} MB/s")
+    } else if let (Some(p50), Some(p99)) = (rtt("p50"), rtt("p99")) {
+        format!("p50 {:.2} ms, p99 {:.2} ms", p50 / 1000.0, p99 / 1000.0)
+    } else if let Some(rate) = get("rate_per_s") {
+        format!("{rate:.1} reports/s")
+    } else {
+        String::new()
+    }
+}
+
+fn write(results: &Results, out: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(results)?;
+    std::fs::write(out.join("results.json"), json)?;
+    std::fs::write(out.join("results.md"), results.markdown())?;
+    Ok(())
+}
+
+/// What the numbers depend on.
+fn machine() -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    m.insert("CPU", format!("{cpus} × {cpu}"));
+    m.insert("host kernel", first_line("uname", &["-r"]));
+    m.insert(
+        "QEMU (host)",
+        first_line("qemu-system-x86_64", &["--version"]),
+    );
+    m.insert(
+        "accelerator",
+        if Path::new("/dev/kvm").exists() {
+            "/dev/kvm present, guests run under TCG (tests/src/guest.rs)".into()
+        } else {
+            "TCG (no KVM)".into()
+        },
+    );
+    m.insert(
+        "commit",
+        first_line("git", &["rev-parse", "--short", "HEAD"]),
+    );
+    m
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".into())
+}

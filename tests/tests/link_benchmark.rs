@@ -1,0 +1,61 @@
+//! The link benchmark's machinery (`vusb_vm_tests::linkbench`, `scripts/bench-links.sh`) in
+//! its quick form over the LAN profile: every path comes up against one HRH guest, every
+//! workload gives a result, nothing read back differs from what was written and no round
+//! trip is lost, and the results on disk say the same. The numbers themselves are not
+//! judged here (docs/link-benchmarks.md has them).
+//!
+//! Run with `cargo nextest run -p vusb-vm-tests --run-ignored only -E
+//! 'binary(link_benchmark)'` (or through scripts/test.sh).
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use vusb_vm_tests::linkbench::workloads::Workload;
+use vusb_vm_tests::linkbench::{runner, PathKind, Plan};
+
+#[test]
+#[ignore = "boots QEMU guests; run via scripts/test.sh"]
+fn the_quick_link_benchmark_measures_every_path() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let plan = Plan::quick().only_links(&["lan".into()])?;
+    let results = runner::run(&plan, dir.path())?;
+    assert!(results.all_ok(), "failures:\n{}", results.markdown());
+    let paths: Vec<PathKind> = results.cells.iter().map(|c| c.path).collect();
+    assert_eq!(paths, PathKind::ALL);
+
+    for cell in &results.cells {
+        let get = |w: Workload| {
+            cell.results
+                .get(w.name())
+                .with_context(|| format!("{}: no {} result", cell.path.name(), w.name()))
+        };
+        let who = cell.path.name();
+        for w in [Workload::DiskWrite, Workload::DiskRead] {
+            let r = get(w)?;
+            assert_eq!(r["bytes"], u64::from(plan.disk_mib) << 20, "{who}: {r}");
+            assert!(r["mb_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{who}: {r}");
+        }
+        assert_eq!(get(Workload::DiskRead)?["mismatched_blocks"], 0, "{who}");
+        for (w, count) in [
+            (Workload::SerialSlow, plan.pings),
+            (Workload::SerialBackToBack, plan.pings),
+            (Workload::HidPing, plan.hid_pings),
+        ] {
+            let r = get(w)?;
+            assert_eq!(r["received"], count, "{who} {}: {r}", w.name());
+            assert_eq!(r["rtt_us"].as_array().map(Vec::len), Some(count as usize));
+        }
+        let stream = get(Workload::HidStream)?;
+        assert_eq!(stream["end"], "complete", "{who}: {stream}");
+        assert!(
+            stream["rate_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{who}: {stream}"
+        );
+    }
+
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json"))?)?;
+    assert_eq!(on_disk["cells"].as_array().map(Vec::len), Some(5));
+    let md = std::fs::read_to_string(dir.path().join("results.md"))?;
+    assert!(md.contains("| lan | ours-virtio |"), "{md}");
+    Ok(())
+}
