@@ -560,6 +560,9 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.kill();
         // The runner shows a test's stderr only when it fails, which is when this matters.
+        if !crate::util::log_tails() {
+            return;
+        }
         eprintln!(
             "---- guest {}: console log {} (last {TAIL_LINES} lines) ----\n{}\n---- end of guest {} ----",
             self.name,

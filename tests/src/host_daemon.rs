@@ -131,6 +131,9 @@ impl Drop for HostDaemon {
         // A daemon that died on its own during a test is worth a line in the report.
         let died = !self.killed && !self.is_running();
         let _ = self.kill();
+        if !crate::util::log_tails() {
+            return;
+        }
         eprintln!(
             "---- {}{}: log {} (last {TAIL_LINES} lines) ----\n{}\n---- end of {} ----",
             self.program,

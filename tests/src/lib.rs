@@ -39,5 +39,7 @@ pub use exporter::{image_head_sha256, pendrive_image, workspace_binary, Exporter
 pub use guest::{Guest, GuestConfig, HOST_ADDR};
 pub use hrh::{boot_client, client_config, find_device, Hrh, HrhConfig, HrhDevice, Server};
 pub use remote::{Output, Remote};
-pub use util::{free_port, log_dir, tail_lines, target_dir, wait_until, workspace_root};
+pub use util::{
+    free_port, log_dir, set_log_tails, tail_lines, target_dir, wait_until, workspace_root,
+};
 pub use vhome_image::{vhome_image, VhomeImage};

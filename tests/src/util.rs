@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -30,6 +31,19 @@ pub fn target_dir() -> PathBuf {
         }
         _ => workspace_root().join("target"),
     }
+}
+
+static LOG_TAILS: AtomicBool = AtomicBool::new(true);
+
+/// Whether guests and daemons print the last lines of their logs to stderr when they go: on
+/// for tests, whose runner shows stderr only when one fails; off for the link benchmark, whose
+/// progress lines would drown in them (its logs stay in [`log_dir`]).
+pub fn set_log_tails(on: bool) {
+    LOG_TAILS.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn log_tails() -> bool {
+    LOG_TAILS.load(Ordering::Relaxed)
 }
 
 /// Where the console logs of guests and the logs of spawned daemons are kept:
