@@ -46,6 +46,15 @@ pub struct Args {
     #[arg(long)]
     pub no_iso: bool,
 
+    /// Interrupt IN transfers kept outstanding on each endpoint the guest
+    /// polls, so that a device's reports do not wait a network round trip
+    /// each (see `vusb_backend::prefetch`); 0 passes the guest's transfers
+    /// through one for one. vhost-user only: the usbredir front-end polls
+    /// the way QEMU asks.
+    #[arg(long, default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub interrupt_prefetch: u8,
+
     /// What QEMU attaches: `vhost-user`, a virtio-usb controller for the
     /// guest's virtio_usb_hcd driver (any number of devices), or
     /// `usbredir`, one device for QEMU's `usb-redir` on an emulated USB
@@ -156,6 +165,7 @@ mod tests {
         assert_eq!(a.devices.len(), 2);
         assert_eq!(a.max_transfer, 1 << 20);
         assert!(!a.no_iso);
+        assert_eq!(a.interrupt_prefetch, 8);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod keeper;
 pub mod poll;
+pub mod prefetch;
 pub mod remote;
 pub mod sim_driver;
 pub mod transfer;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::info;
 use vusb_backend::config::{Args, Frontend};
+use vusb_backend::prefetch::Prefetch;
 use vusb_backend::transfer::{PortLayout, Ports, UpcallSink};
 use vusb_backend::usbip_client::UsbipClient;
 use vusb_backend::usbredir::serve::{serve_forever, Listen};
@@ -65,10 +66,21 @@ fn run(args: Args) -> Result<()> {
             "importing"
         );
     }
-    let sink: Arc<dyn UpcallSink> = sender;
-    let client = UsbipClient::start(args.devices.clone(), layout, sink)
-        .context("starting the USB/IP client")?;
-    let ports: Arc<dyn Ports> = Arc::new(client);
+    let ports: Arc<dyn Ports> = if args.interrupt_prefetch == 0 {
+        let sink: Arc<dyn UpcallSink> = sender;
+        Arc::new(
+            UsbipClient::start(args.devices.clone(), layout, sink)
+                .context("starting the USB/IP client")?,
+        )
+    } else {
+        // The layer sits between the controller and the client both ways.
+        let prefetch = Prefetch::new(args.interrupt_prefetch.into(), sender);
+        let sink: Arc<dyn UpcallSink> = prefetch.clone();
+        let client = UsbipClient::start(args.devices.clone(), layout, sink)
+            .context("starting the USB/IP client")?;
+        prefetch.set_ports(Arc::new(client));
+        prefetch
+    };
     let limits = Limits {
         max_transfer: args.max_transfer,
         max_iso_packets: if args.no_iso {
