@@ -31,7 +31,10 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // Progress lines only; every guest's and daemon's log stays in the log directory.
     vusb_vm_tests::set_log_tails(false);
-    eprintln!("guest and daemon logs: {}", vusb_vm_tests::log_dir()?.display());
+    eprintln!(
+        "guest and daemon logs: {}",
+        vusb_vm_tests::log_dir()?.display()
+    );
     let mut plan = if args.quick {
         Plan::quick()
     } else {
