@@ -52,7 +52,7 @@ const QUEUE_MS: f64 = 50.0;
 const FRAME_BYTES: f64 = 1514.0;
 
 /// A link between the HRH and the ISP, the same both ways.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Link {
     /// `lan`, `metro` or `long-haul`: for command lines and reports.
     pub name: &'static str,

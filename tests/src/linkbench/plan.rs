@@ -1,12 +1,13 @@
 //! What a run measures: the workloads' sizes, the paths and the links.
 
 use anyhow::{bail, Result};
+use serde::Serialize;
 
 use super::PathKind;
 use crate::link::{self, Link};
 
 /// The sizes of the workloads and what they run over.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     /// Written and then read back, sequentially, on the pendrive (Table I).
     pub disk_mib: u32,

@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use super::workloads::Workload;
 use super::{PathKind, Plan};
-use crate::link::Link;
 
 /// One run.
 #[derive(Debug, Serialize)]
@@ -16,58 +15,10 @@ pub struct Results {
     /// When it started (UTC, RFC 3339).
     pub started: String,
     pub machine: BTreeMap<&'static str, String>,
-    pub plan: PlanSummary,
-    pub links: Vec<LinkSummary>,
+    /// What was measured, the links' parameters included.
+    pub plan: Plan,
     pub paths: Vec<PathSummary>,
     pub cells: Vec<Cell>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PlanSummary {
-    pub quick: bool,
-    pub disk_mib: u32,
-    pub pings: u32,
-    pub slow_interval_ms: u32,
-    pub stream_reports: u32,
-    pub stream_interval_ms: u32,
-    pub hid_pings: u32,
-}
-
-impl From<&Plan> for PlanSummary {
-    fn from(p: &Plan) -> Self {
-        Self {
-            quick: p.quick,
-            disk_mib: p.disk_mib,
-            pings: p.pings,
-            slow_interval_ms: p.slow_interval_ms,
-            stream_reports: p.stream_reports,
-            stream_interval_ms: p.stream_interval_ms,
-            hid_pings: p.hid_pings,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct LinkSummary {
-    pub name: &'static str,
-    pub rate_mbit: u32,
-    pub rtt_ms: f64,
-    pub jitter_ms: f64,
-    pub loss_percent: f64,
-    pub about: &'static str,
-}
-
-impl From<&Link> for LinkSummary {
-    fn from(l: &Link) -> Self {
-        Self {
-            name: l.name,
-            rate_mbit: l.rate_mbit,
-            rtt_ms: l.rtt_ms,
-            jitter_ms: l.jitter_ms,
-            loss_percent: l.loss_percent,
-            about: l.about,
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -139,7 +90,7 @@ impl Results {
             s,
             "| link | rate | RTT | jitter | loss |\n|---|---:|---:|---:|---:|"
         );
-        for l in &self.links {
+        for l in &self.plan.links {
             let _ = writeln!(
                 s,
                 "| {} | {} Mbit/s | {} ms | {} ms | {} % |",

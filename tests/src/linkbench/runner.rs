@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::paths::{self, Devices};
-use super::report::{Cell, LinkSummary, PathSummary, Results};
+use super::report::{Cell, PathSummary, Results};
 use super::workloads::{self, Workload};
 use super::{PathKind, Plan};
 use crate::hrh::{Hrh, HrhConfig};
@@ -64,8 +64,7 @@ pub fn run(plan: &Plan, out: &Path) -> Result<Results> {
     let mut results = Results {
         started: first_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         machine: machine(),
-        plan: plan.into(),
-        links: plan.links.iter().map(LinkSummary::from).collect(),
+        plan: plan.clone(),
         paths: plan
             .paths
             .iter()
