@@ -252,6 +252,36 @@ fn read_strings(device: &rusb::Device<Context>, d: &DeviceDescriptor) -> Strings
     }
 }
 
+/// Bus id and address of every USB device sysfs shows, sorted.
+pub type Fingerprint = Vec<(String, String)>;
+
+/// What sysfs shows of the USB devices present: each device's bus id and
+/// address, in order. A device plugged in, unplugged or replugged (a new
+/// address) changes it. Reading it costs a directory listing and a small
+/// file per device, where a scan (a fresh libusb context enumerating every
+/// device) costs hundreds of milliseconds of CPU on a small gateway.
+/// `None` where sysfs cannot be read.
+pub fn sysfs_fingerprint() -> Option<Fingerprint> {
+    sysfs_fingerprint_in(Path::new(SYSFS_USB_DEVICES))
+}
+
+fn sysfs_fingerprint_in(dir: &Path) -> Option<Fingerprint> {
+    let mut devices = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+        // Interfaces (`1-1:1.0`) come and go with their device.
+        if name.contains(':') {
+            continue;
+        }
+        // A device that vanishes between the listing and the read still
+        // shows as a change.
+        let devnum = sysfs_attr(&dir.join(&name), "devnum").unwrap_or_default();
+        devices.push((name, devnum));
+    }
+    devices.sort();
+    Some(devices)
+}
+
 fn sysfs_dir(busid: &str) -> PathBuf {
     Path::new(SYSFS_USB_DEVICES).join(busid)
 }
@@ -456,6 +486,33 @@ fn parse_busid(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_lists_devices_with_their_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = |name: &str, devnum: Option<&str>| {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            if let Some(n) = devnum {
+                std::fs::write(d.join("devnum"), format!("{n}\n")).unwrap();
+            }
+        };
+        device("usb1", Some("1"));
+        device("1-1", Some("4"));
+        device("1-1:1.0", None);
+        let pair = |b: &str, d: &str| (b.to_owned(), d.to_owned());
+        assert_eq!(
+            sysfs_fingerprint_in(dir.path()),
+            Some(vec![pair("1-1", "4"), pair("usb1", "1")])
+        );
+        // Half gone: still listed, without an address.
+        std::fs::remove_file(dir.path().join("1-1/devnum")).unwrap();
+        assert_eq!(
+            sysfs_fingerprint_in(dir.path()),
+            Some(vec![pair("1-1", ""), pair("usb1", "1")])
+        );
+        assert_eq!(sysfs_fingerprint_in(&dir.path().join("none")), None);
+    }
 
     #[test]
     fn selectors_parse_bus_ids_and_vendor_product_ids() {
