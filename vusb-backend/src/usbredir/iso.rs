@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use usbredir_proto::{ep_type, status, Body, IsoPacket};
 
 use super::session::{send, Session};
-use super::transfers::Pending;
+use super::transfers::{place, Pending};
 use super::{redir_status, Action};
 use crate::transfer::{self, xfer_flags, Completion, Status, Transfer, TransferKind};
 
@@ -387,16 +387,7 @@ fn in_packets(c: &Completion, count: u32, len: u32) -> Result<Vec<(u8, Bytes)>, 
     if c.iso_results.iter().any(|r| r.actual_length > len) {
         return Err("a packet longer than the endpoint's");
     }
-    let mut buf = BytesMut::zeroed((count * len) as usize);
-    for (offset, piece) in &c.in_data {
-        let start = *offset as usize;
-        let end = start
-            .checked_add(piece.len())
-            .filter(|&end| end <= buf.len())
-            .ok_or("IN data beyond the request")?;
-        buf[start..end].copy_from_slice(piece);
-    }
-    let buf = buf.freeze();
+    let buf = place(&c.in_data, (count * len) as usize).ok_or("IN data beyond the request")?;
     Ok(c.iso_results
         .iter()
         .enumerate()

@@ -220,16 +220,19 @@ pub fn in_data(c: &Completion, requested: u32) -> Result<Bytes, &'static str> {
         [(0, data)] if data.len() == actual as usize => return Ok(data.clone()),
         _ => {}
     }
-    let mut buf = BytesMut::zeroed(actual as usize);
-    for (offset, piece) in &c.in_data {
+    place(&c.in_data, actual as usize).ok_or("IN data beyond actual_length")
+}
+
+/// The pieces of a completion's IN data written at their offsets into a
+/// zeroed buffer of `len` bytes; `None` if one reaches past it.
+pub fn place(pieces: &[(u32, Bytes)], len: usize) -> Option<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    for (offset, piece) in pieces {
         let start = *offset as usize;
-        let end = start
-            .checked_add(piece.len())
-            .filter(|&end| end <= buf.len())
-            .ok_or("IN data beyond actual_length")?;
+        let end = start.checked_add(piece.len()).filter(|&end| end <= len)?;
         buf[start..end].copy_from_slice(piece);
     }
-    Ok(buf.freeze())
+    Some(buf.freeze())
 }
 
 /// Whether a data packet's endpoint is an IN endpoint.
