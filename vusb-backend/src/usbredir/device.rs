@@ -320,6 +320,26 @@ mod tests {
             .collect()
     }
 
+    /// The device a probe reads from the test descriptors, GET_CONFIGURATION
+    /// answered with `active`.
+    fn probed(speed: Speed, active: (Status, &[u8])) -> Device {
+        let (mut p, _) = Probe::start(1, speed);
+        let cfg = config();
+        let steps = run(
+            &mut p,
+            &[
+                (Status::Ok, &DEVICE),
+                active,
+                (Status::Ok, &cfg[..9]),
+                (Status::Ok, &cfg),
+            ],
+        );
+        match steps.into_iter().nth(3) {
+            Some(Next::Done(d)) => *d,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn the_probe_reads_device_active_configuration_and_each_configuration() {
         let (mut p, first) = Probe::start(2, Speed::High);
@@ -360,35 +380,12 @@ mod tests {
 
     #[test]
     fn without_get_configuration_the_first_configuration_is_taken() {
-        let (mut p, _) = Probe::start(1, Speed::Full);
-        let cfg = config();
-        let steps = run(
-            &mut p,
-            &[
-                (Status::Ok, &DEVICE),
-                (Status::Stall, &[]),
-                (Status::Ok, &cfg[..9]),
-                (Status::Ok, &cfg),
-            ],
-        );
-        let Next::Done(d) = &steps[3] else { panic!() };
-        assert_eq!(d.active(), 1);
+        assert_eq!(probed(Speed::Full, (Status::Stall, &[])).active(), 1);
     }
 
     #[test]
     fn an_unconfigured_device_is_offered_unconfigured() {
-        let (mut p, _) = Probe::start(1, Speed::Full);
-        let cfg = config();
-        let steps = run(
-            &mut p,
-            &[
-                (Status::Ok, &DEVICE),
-                (Status::Ok, &[0]),
-                (Status::Ok, &cfg[..9]),
-                (Status::Ok, &cfg),
-            ],
-        );
-        let Next::Done(d) = &steps[3] else { panic!() };
+        let d = probed(Speed::Full, (Status::Ok, &[0]));
         assert_eq!(d.active(), 0);
         assert_eq!(d.layout(), &Layout::unconfigured());
         assert!(d.has_configuration(1));
@@ -418,20 +415,7 @@ mod tests {
 
     #[test]
     fn alt_settings_and_configurations_change_the_layout() {
-        let (mut p, _) = Probe::start(1, Speed::High);
-        let cfg = config();
-        let steps = run(
-            &mut p,
-            &[
-                (Status::Ok, &DEVICE),
-                (Status::Ok, &[1]),
-                (Status::Ok, &cfg[..9]),
-                (Status::Ok, &cfg),
-            ],
-        );
-        let Some(Next::Done(mut d)) = steps.into_iter().nth(3) else {
-            panic!()
-        };
+        let mut d = probed(Speed::High, (Status::Ok, &[1]));
         assert!(d.has_alt_setting(1, 1));
         assert!(!d.has_alt_setting(1, 2));
         d.set_alt_setting(1, 1);
