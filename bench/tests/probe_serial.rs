@@ -46,11 +46,20 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `serial-echo` on the gadget end (with `extra` arguments) and waits
+/// until it has put its tty in raw mode, so nothing sent is echoed twice.
+fn start_echo(gadget: &File, path: &str, extra: &[&str]) -> common::Background {
+    let mut args = vec!["serial-echo", "--tty", path];
+    args.extend_from_slice(extra);
+    let echo = common::spawn(&args);
+    wait_until("the echo side is raw", || is_raw(gadget).unwrap());
+    echo
+}
+
 #[test]
 fn ping_and_echo_as_two_processes() {
     let ((host, host_path), (gadget, gadget_path)) = serial_link();
-    let echo = common::spawn(&["serial-echo", "--tty", &gadget_path, "--count", "480"]);
-    wait_until("the echo side is raw", || is_raw(&gadget).unwrap());
+    let echo = start_echo(&gadget, &gadget_path, &["--count", "480"]);
     let ping = common::run(&[
         "serial-ping",
         "--tty",
@@ -101,8 +110,7 @@ fn ping_and_echo_as_two_processes() {
 #[test]
 fn pings_keep_their_interval() {
     let ((_host, host_path), (gadget, gadget_path)) = serial_link();
-    let echo = common::spawn(&["serial-echo", "--tty", &gadget_path, "--count", "80"]);
-    wait_until("the echo side is raw", || is_raw(&gadget).unwrap());
+    let echo = start_echo(&gadget, &gadget_path, &["--count", "80"]);
     let ping = common::run(&[
         "serial-ping",
         "--tty",
@@ -124,8 +132,7 @@ fn pings_keep_their_interval() {
 #[test]
 fn an_echo_stopped_by_a_signal_reports_and_restores_its_tty() {
     let ((_host, _), (gadget, gadget_path)) = serial_link();
-    let echo = common::spawn(&["serial-echo", "--tty", &gadget_path]);
-    wait_until("the echo side is raw", || is_raw(&gadget).unwrap());
+    let echo = start_echo(&gadget, &gadget_path, &[]);
     // SAFETY: kill takes no pointers; the pid is a child not yet waited
     // for, so it cannot have been reused.
     let rc = unsafe { libc::kill(echo.id() as libc::pid_t, libc::SIGTERM) };
