@@ -97,6 +97,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         registry.add(Arc::new(device));
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Devices opened from here on complete their transfers on the runtime.
+    let _runtime_context = runtime.enter();
     // Real devices come and go; the watcher keeps the registry current
     // for as long as it lives.
     let _watcher = if config.devices.is_empty() {
@@ -110,9 +115,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             config.scan_interval,
         ))
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -145,7 +145,12 @@ async fn handle_connection(
                 stream.write_all(&out).await?;
                 info!(%peer, "imported {busid} ({:04x}:{:04x})", identity.info.id_vendor, identity.info.id_product);
                 let result = run_urbs(stream, buf, claim.device().clone(), identity.devid()).await;
-                claim.device().detach();
+                // Detaching waits for the cancelled transfers, whose
+                // completions may need this very runtime worker.
+                let device = claim.device().clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || device.detach()).await {
+                    warn!(%peer, "releasing {busid} failed: {e}");
+                }
                 info!(%peer, "released {busid}");
                 result
             }

@@ -6,7 +6,8 @@
 //! events; where udevd does not run (small gateways, the test guests) a
 //! long-lived context would never see a device plugged in later. A device
 //! is opened in the context of the scan that found it, and that context
-//! gets an event thread for as long as devices opened in it live.
+//! gets event handling on the runtime for as long as devices opened in it
+//! live.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rusb::{ffi, Context, UsbContext};
+use tokio::runtime::Handle;
 use tracing::debug;
 use usbip_proto::speed;
 
@@ -35,21 +37,23 @@ const SYSFS_USB_DEVICES: &str = "/sys/bus/usb/devices";
 const STRING_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The libusb context of one scan and, once a device found in it is
-/// opened, its event thread.
+/// opened, its event handling.
 #[derive(Debug)]
 pub(super) struct ScanContext {
     context: Context,
+    runtime: Option<Handle>,
     events: Mutex<Weak<EventLoop>>,
 }
 
 impl ScanContext {
-    /// The context's event thread, started on first use.
-    pub(super) fn event_loop(&self) -> std::io::Result<Arc<EventLoop>> {
+    /// The context's event handling, started on first use.
+    pub(super) fn event_loop(&self) -> Result<Arc<EventLoop>, LibusbError> {
         let mut slot = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(events) = slot.upgrade() {
             return Ok(events);
         }
-        let events = Arc::new(EventLoop::start(self.context.clone())?);
+        let runtime = self.runtime.as_ref().ok_or(LibusbError::NoRuntime)?;
+        let events = Arc::new(EventLoop::start(self.context.clone(), runtime));
         *slot = Arc::downgrade(&events);
         Ok(events)
     }
@@ -98,6 +102,8 @@ pub struct LibusbSource {
     /// Keeps libusb's process-wide state (its hot-plug monitor thread on
     /// Linux) alive between scans instead of rebuilding it for each.
     _context: Context,
+    /// Where opened devices' completions are handled.
+    runtime: Option<Handle>,
     /// Strings read from devices, where sysfs does not show them, so that
     /// a poll does not ask every device again.
     strings: Mutex<HashMap<StringsKey, Strings>>,
@@ -113,9 +119,12 @@ struct Strings {
 }
 
 impl LibusbSource {
+    /// A source whose devices can be listed, and opened if this is called
+    /// inside a tokio runtime (their transfers complete on it).
     pub fn new() -> Result<Self, LibusbError> {
         Ok(Self {
             _context: Context::new().map_err(LibusbError::Init)?,
+            runtime: Handle::try_current().ok(),
             strings: Mutex::new(HashMap::new()),
         })
     }
@@ -129,6 +138,7 @@ impl LibusbSource {
         let list = context.devices().map_err(LibusbError::Enumerate)?;
         let scan = Arc::new(ScanContext {
             context,
+            runtime: self.runtime.clone(),
             events: Mutex::new(Weak::new()),
         });
         let mut found = Vec::new();

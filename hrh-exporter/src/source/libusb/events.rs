@@ -1,67 +1,293 @@
-//! The thread that runs a libusb context's event handling: every transfer
-//! completion callback runs on it.
+//! libusb's event handling, run by the async runtime: every transfer
+//! completion callback runs on a runtime worker, where the connection
+//! waiting for the completion runs too.
+//!
+//! Why not a thread of its own: on a gateway's small CPU the hand-off from
+//! such a thread to the connection's task (waking another thread, a context
+//! switch, another system call) was a large part of each URB's time in the
+//! exporter, and it lies on every round trip of a serial dongle.
+//!
+//! libusb's file descriptors (its event descriptor, its timer, one per open
+//! device) are watched by the runtime's reactor. When one is ready, the
+//! task takes libusb's event lock and lets libusb handle whatever is
+//! pending without waiting (`libusb_handle_events_locked` with a zero
+//! timeout): the integration libusb documents for programs with a main
+//! loop of their own. Opening or closing a device changes the descriptors
+//! and signals libusb's event descriptor, so after each round the task
+//! reads them again. The reactor reports edges, and libusb reaps at most a
+//! few dozen URBs of a device per round: a descriptor still ready after a
+//! round gets another one at once.
 
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::task::Poll;
 use std::time::Duration;
 
 use rusb::constants::LIBUSB_ERROR_INTERRUPTED;
 use rusb::{ffi, UsbContext};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tracing::warn;
 
-/// Runs libusb's event handling for one context until dropped.
+/// How soon to try again when another thread holds libusb's event lock.
+/// That thread (a synchronous request) handles our completions too while it
+/// holds the lock, but may let go before it has seen the newest one.
+const LOCK_RETRY: Duration = Duration::from_millis(1);
+
+/// How often to handle events when a descriptor cannot be watched by the
+/// reactor (never seen with Linux's usbfs, kept so that such a descriptor
+/// costs latency, not URBs).
+const FALLBACK_TICK: Duration = Duration::from_millis(5);
+
+/// Runs libusb's event handling for one context on the runtime until
+/// dropped.
 #[derive(Debug)]
 pub struct EventLoop {
-    context: rusb::Context,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    stop: Arc<Stop>,
+}
+
+#[derive(Debug, Default)]
+struct Stop {
+    requested: AtomicBool,
+    notify: Notify,
 }
 
 impl EventLoop {
-    pub fn start(context: rusb::Context) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name("libusb-events".into())
-            .spawn({
-                // The thread keeps the context alive: it is torn down
-                // (libusb_exit) only after the thread stopped using it.
-                let context = context.clone();
-                let stop = Arc::clone(&stop);
-                move || run(&context, &stop)
-            })?;
-        Ok(Self {
-            context,
-            stop,
-            thread: Some(thread),
-        })
+    /// Starts handling `context`'s events on `runtime`.
+    pub fn start(context: rusb::Context, runtime: &Handle) -> Self {
+        let stop = Arc::new(Stop::default());
+        // The task keeps the context alive: it is torn down (libusb_exit)
+        // only after the task stopped using it.
+        runtime.spawn(run(context, Arc::clone(&stop)));
+        Self { stop }
     }
 }
 
-fn run(context: &rusb::Context, stop: &AtomicBool) {
-    // The timeout only bounds how long a stop request could go unnoticed
-    // if its wake-up were lost; libusb_interrupt_event_handler() normally
-    // ends the wait at once.
-    let timeout = libc::timeval {
-        tv_sec: 1,
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.stop.requested.store(true, Ordering::Release);
+        // Stores a permit if the task is not waiting right now.
+        self.stop.notify.notify_one();
+    }
+}
+
+async fn run(context: rusb::Context, stop: Arc<Stop>) {
+    let mut watched = Watched::default();
+    while !stop.requested.load(Ordering::Acquire) {
+        if let Some(changed) = handle_pending(&context, &watched.fds).await {
+            // The old registrations go first. Then handle once more: what
+            // became ready in between raised no edge the reactor saw.
+            drop(std::mem::take(&mut watched));
+            watched = Watched::register(changed);
+            continue;
+        }
+        if watched.still_pending() {
+            // libusb reaps a bounded number of URBs per device and round;
+            // the rest raise no new edge. Let the connections send what
+            // this round completed, then take the next batch.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = stop.notify.notified() => {}
+            _ = watched.ready() => {}
+            _ = tokio::time::sleep(FALLBACK_TICK), if watched.degraded => {}
+        }
+    }
+}
+
+/// libusb's descriptors, each with a duplicate of our own (or why there is
+/// none).
+type Descriptors = Vec<(RawFd, i16, io::Result<OwnedFd>)>;
+
+/// Lets libusb handle what is pending, without blocking the worker. Returns
+/// libusb's descriptors if they are no longer `current`.
+async fn handle_pending(context: &rusb::Context, current: &[(RawFd, i16)]) -> Option<Descriptors> {
+    let zero = libc::timeval {
+        tv_sec: 0,
         tv_usec: 0,
     };
-    while !stop.load(Ordering::Acquire) {
-        // SAFETY: the context is valid for as long as `context` lives;
-        // `timeout` outlives the call; a null `completed` is allowed.
-        let rc = unsafe {
-            ffi::libusb_handle_events_timeout_completed(
-                context.as_raw(),
-                &timeout,
-                std::ptr::null_mut(),
-            )
-        };
+    loop {
+        // Not held across an await: the raw pointer is not `Send`.
+        let ctx = context.as_raw();
+        // SAFETY: `ctx` is valid while `context` lives.
+        if unsafe { ffi::libusb_try_lock_events(ctx) } != 0 {
+            tokio::time::sleep(LOCK_RETRY).await;
+            continue;
+        }
+        // SAFETY: we hold the event lock, as this call requires; `zero`
+        // outlives the call.
+        let rc = unsafe { ffi::libusb_handle_events_locked(ctx, &zero) };
+        // Read while holding the lock: libusb_close takes it before it
+        // closes a device's descriptor, so every one listed stays open
+        // until duplicated.
+        let fds = pollfds(context);
+        let changed = (fds != current).then(|| {
+            fds.into_iter()
+                .map(|(fd, events)| (fd, events, duplicate(fd)))
+                .collect()
+        });
+        // SAFETY: we took the lock above.
+        unsafe { ffi::libusb_unlock_events(ctx) };
         if rc < 0 && rc != LIBUSB_ERROR_INTERRUPTED {
             warn!("libusb event handling failed: {}", rusb_error(rc));
             // Don't spin on a persistent error.
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return changed;
+    }
+}
+
+/// The descriptors libusb wants watched, with the poll events it wants.
+fn pollfds(context: &rusb::Context) -> Vec<(RawFd, i16)> {
+    // SAFETY: `context` is valid; the list is null-terminated and freed
+    // with libusb_free_pollfds once read (null on allocation failure).
+    unsafe {
+        let list = ffi::libusb_get_pollfds(context.as_raw());
+        if list.is_null() {
+            return Vec::new();
+        }
+        let mut fds = Vec::new();
+        let mut entry = list;
+        while !(*entry).is_null() {
+            fds.push(((**entry).fd, (**entry).events));
+            entry = entry.add(1);
+        }
+        ffi::libusb_free_pollfds(list);
+        fds
+    }
+}
+
+/// libusb's descriptors as registered with the reactor.
+///
+/// Each is registered through a duplicate of its own: libusb closes its
+/// descriptors when it likes, and the number of a closed one may be reused
+/// (by a client's socket, say) before this task notices; deregistering it
+/// then would silence that socket. A duplicate's number stays ours until
+/// we deregister and close it.
+#[derive(Debug, Default)]
+struct Watched {
+    fds: Vec<(RawFd, i16)>,
+    /// Our duplicates, with what libusb waits for on each.
+    registered: Vec<(AsyncFd<OwnedFd>, Interest)>,
+    /// Some descriptor could not be registered: poll on a timer as well.
+    degraded: bool,
+}
+
+impl Watched {
+    fn register(descriptors: Descriptors) -> Self {
+        let mut fds = Vec::with_capacity(descriptors.len());
+        let mut registered = Vec::with_capacity(descriptors.len());
+        let mut degraded = false;
+        for (fd, events, dup) in descriptors {
+            fds.push((fd, events));
+            let interest = interest(events);
+            // SAFETY: an `OwnedFd` stays open, on the same file, until
+            // the `AsyncFd` owning it deregisters and drops it.
+            let async_fd =
+                dup.and_then(|dup| unsafe { Ok(AsyncFd::register_with_interest(dup, interest)?) });
+            match async_fd {
+                Ok(async_fd) => registered.push((async_fd, interest)),
+                Err(e) => {
+                    warn!("cannot watch libusb descriptor {fd} ({e}); polling every {FALLBACK_TICK:?}");
+                    degraded = true;
+                }
+            }
+        }
+        Self {
+            fds,
+            registered,
+            degraded,
         }
     }
+
+    /// Whether some descriptor is ready right now (level, not edge).
+    fn still_pending(&self) -> bool {
+        let mut fds: Vec<libc::pollfd> = self
+            .registered
+            .iter()
+            .map(|(fd, interest)| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: poll_events(*interest),
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` entries for the
+        // duration of the call; the descriptors are our own duplicates.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        ready > 0
+    }
+
+    /// Waits until some descriptor is ready, and forgets that readiness
+    /// before libusb handles it: what becomes ready later raises a new edge.
+    async fn ready(&self) {
+        if self.registered.is_empty() {
+            return std::future::pending().await;
+        }
+        std::future::poll_fn(|cx| {
+            let mut any = false;
+            for (fd, interest) in &self.registered {
+                if interest.is_readable() {
+                    if let Poll::Ready(guard) = fd.poll_read_ready(cx) {
+                        if let Ok(mut guard) = guard {
+                            guard.clear_ready();
+                        }
+                        any = true;
+                    }
+                }
+                if interest.is_writable() {
+                    if let Poll::Ready(guard) = fd.poll_write_ready(cx) {
+                        if let Ok(mut guard) = guard {
+                            guard.clear_ready();
+                        }
+                        any = true;
+                    }
+                }
+            }
+            if any {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A descriptor of our own for the open file behind libusb's `fd`.
+fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: called with libusb's event lock held, right after libusb
+    // listed `fd`: libusb closes a descriptor only under that lock (or in
+    // libusb_exit, and our context is alive), so `fd` is open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned()
+}
+
+/// The reactor interest for libusb's poll events (usbfs reports completed
+/// URBs as writable).
+fn interest(events: i16) -> Interest {
+    let readable = events & libc::POLLIN != 0;
+    let writable = events & libc::POLLOUT != 0;
+    match (readable, writable) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        _ => Interest::READABLE,
+    }
+}
+
+fn poll_events(interest: Interest) -> i16 {
+    let mut events = 0;
+    if interest.is_readable() {
+        events |= libc::POLLIN;
+    }
+    if interest.is_writable() {
+        events |= libc::POLLOUT;
+    }
+    events
 }
 
 fn rusb_error(code: i32) -> String {
@@ -69,20 +295,4 @@ fn rusb_error(code: i32) -> String {
     // any code, known or not.
     let name = unsafe { std::ffi::CStr::from_ptr(ffi::libusb_error_name(code)) };
     name.to_string_lossy().into_owned()
-}
-
-impl Drop for EventLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // SAFETY: the context is alive (we hold a reference to it).
-        unsafe { ffi::libusb_interrupt_event_handler(self.context.as_raw()) };
-        if let Some(thread) = self.thread.take() {
-            // The last owner may be a completion callback running on the
-            // event thread itself; that thread then ends on its own as
-            // soon as the callback returns.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
-    }
 }

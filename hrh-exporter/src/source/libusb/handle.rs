@@ -136,10 +136,10 @@ impl LibusbDevice {
             busid: busid.clone(),
             source,
         })?;
-        let events = found.scan.event_loop().map_err(LibusbError::Thread)?;
+        let events = found.scan.event_loop()?;
         let (requests, jobs) = mpsc::channel::<Job>();
         // Special requests block (a reset takes a while); they run here,
-        // in order, never on the event thread or an async runtime thread.
+        // in order, never on the async runtime, where completions are handled.
         std::thread::Builder::new()
             .name(format!("usb-{busid}"))
             .spawn(move || {
@@ -382,7 +382,7 @@ impl Shared {
     }
 
     /// Delivers the result of an URB that was in flight, and forgets it.
-    /// Called on the event thread (transfers) or the request thread.
+    /// Called where libusb handles events (transfers) or on the request thread.
     pub(super) fn finish_urb(&self, generation: u64, mut result: UrbResult, device_lost: bool) {
         let mut st = self.lock();
         st.in_flight.remove(&(generation, result.seqnum));

@@ -6,7 +6,8 @@
 //!   what is plugged in.
 //! * [`LibusbDevice`] is an exportable device: each URB becomes an
 //!   asynchronous libusb transfer (many in flight per endpoint), cancelled
-//!   on unlink; completions run on an event thread.
+//!   on unlink; completions run on the async runtime, next to the
+//!   connections (`events`).
 //! * SET_CONFIGURATION, SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and a
 //!   port reset are not forwarded: as usbip-host does, the exporter runs
 //!   the host's own operation (so the host's USB stack knows about it) and
@@ -34,6 +35,8 @@ pub enum LibusbError {
     Open { busid: String, source: rusb::Error },
     #[error("cannot start a thread for libusb: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("USB devices can only be opened inside the async runtime")]
+    NoRuntime,
 }
 
 fn open_hint(e: &rusb::Error) -> &'static str {

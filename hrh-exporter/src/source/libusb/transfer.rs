@@ -462,7 +462,7 @@ unsafe fn iso_descriptors(t: *mut ffi::libusb_transfer) -> *mut ffi::libusb_iso_
     unsafe { ptr::addr_of_mut!((*t).iso_packet_desc).cast() }
 }
 
-/// libusb's completion callback, run on the event thread.
+/// libusb's completion callback, run where libusb handles events (see `events`).
 extern "system" fn transfer_done(transfer: *mut ffi::libusb_transfer) {
     // A panic must not unwind into libusb (it would abort the process).
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
