@@ -15,6 +15,15 @@
 #define PORT_C(bit)		((u32)(bit) << 16)
 #define PORT_SPEED_BITS		(USB_PORT_STAT_LOW_SPEED | USB_PORT_STAT_HIGH_SPEED)
 
+/*
+ * The changes a port reports to the hub driver, which clears each after
+ * handling it. Reporting a bit it never clears would make it poll the
+ * root hub again at once, for ever: a vCPU spent on nothing.
+ */
+#define PORT_C_MASK	PORT_C(USB_PORT_STAT_C_CONNECTION | USB_PORT_STAT_C_ENABLE | \
+			       USB_PORT_STAT_C_SUSPEND | USB_PORT_STAT_C_OVERCURRENT | \
+			       USB_PORT_STAT_C_RESET)
+
 static const struct {
 	struct usb_bos_descriptor bos;
 	struct usb_ss_cap_descriptor ss_cap;
@@ -263,7 +272,7 @@ int vusb_hub_status_data(struct usb_hcd *hcd, char *buf)
 	if (!HCD_HW_ACCESSIBLE(hcd))
 		goto out;
 	for (i = 1; i <= rh->nports; i++) {
-		if (vu->ports[rh->first_port + i - 1].status >> 16) {
+		if (vu->ports[rh->first_port + i - 1].status & PORT_C_MASK) {
 			buf[i / 8] |= BIT(i % 8);
 			changed = true;
 		}
@@ -352,6 +361,14 @@ static int vusb_set_port_feature(struct vusb *vu, struct vusb_port *p,
 	default:
 		if (value >= 32)
 			return -EPIPE;
+		// Features 16 and up are not states of the port (change
+		// bits, test modes, indicators, USB 3 remote wake masks):
+		// nothing to keep for a virtual port.
+		if (value >= 16) {
+			dev_dbg(&vu->vdev->dev, "port %u: feature %u ignored\n",
+				port, value);
+			return 0;
+		}
 		if (p->status & vusb_power_bit(usb3))
 			p->status |= BIT(value);
 		return 0;
@@ -439,7 +456,7 @@ int vusb_hub_control(struct usb_hcd *hcd, u16 type_req, u16 value, u16 index,
 		ret = -EPIPE;
 		break;
 	}
-	if (p && (p->status >> 16))
+	if (p && (p->status & PORT_C_MASK))
 		poll = true;
 	spin_unlock_irqrestore(&vu->lock, flags);
 

@@ -132,6 +132,13 @@ fn virtio_usb_driver_sensor_streams_readings_and_echoes() -> Result<()> {
         enumerated 1209 0001
         enumerated 1209 0003
         wait_for 30 test -c /dev/ttyACM0 || fail "/dev/ttyACM0 did not appear"
+        # Nothing open: the controller must leave the vCPU alone. Root-hub status URBs
+        # complete in the high-priority softirq; a port reporting a change the hub driver
+        # never clears has them complete tens of thousands of times a second.
+        hi_softirqs() { awk '/HI:/ { print $2 }' /proc/softirqs; }
+        before=$(hi_softirqs)
+        sleep 2
+        echo "IDLE-HI-SOFTIRQS=$(( $(hi_softirqs) - before ))"
         echo "ACM-DRIVER=$(basename "$(readlink /sys/class/tty/ttyACM0/device/driver)")"
         # Raw and without echo, or the line discipline would send the readings back.
         stty -F /dev/ttyACM0 raw -echo || fail "stty failed"
@@ -163,6 +170,14 @@ fn virtio_usb_driver_sensor_streams_readings_and_echoes() -> Result<()> {
 
     assert_enumerated(&guest, &[SENSOR_ID, LOOPBACK_ID]);
     assert_eq!(guest.marker("ACM-DRIVER").as_deref(), Some("cdc_acm"));
+    let idle_softirqs: u64 = guest
+        .marker("IDLE-HI-SOFTIRQS")
+        .context("no IDLE-HI-SOFTIRQS marker")?
+        .parse()?;
+    assert!(
+        idle_softirqs < 500,
+        "{idle_softirqs} high-priority softirqs in 2 idle seconds: the root hubs are polled in a loop"
+    );
     let readings: u32 = guest
         .marker("READINGS")
         .context("no READINGS marker")?
