@@ -124,7 +124,9 @@ async fn handle_pending(context: &rusb::Context, current: &[(RawFd, i16)]) -> Op
         let rc = unsafe { ffi::libusb_handle_events_locked(ctx, &zero) };
         // Read while holding the lock: libusb_close takes it before it
         // closes a device's descriptor, so every one listed stays open
-        // until duplicated.
+        // until duplicated. Read every round, not only when libusb's event
+        // descriptor woke us: a synchronous request on another thread may
+        // have handled (and cleared) that event before the reactor looked.
         let fds = pollfds(context);
         let changed = (fds != current).then(|| {
             fds.into_iter()
@@ -171,9 +173,12 @@ fn pollfds(context: &rusb::Context) -> Vec<(RawFd, i16)> {
 /// we deregister and close it.
 #[derive(Debug, Default)]
 struct Watched {
+    /// libusb's descriptors and poll events, as it listed them.
     fds: Vec<(RawFd, i16)>,
-    /// Our duplicates, with what libusb waits for on each.
-    registered: Vec<(AsyncFd<OwnedFd>, Interest)>,
+    /// Our duplicates, with the poll events libusb waits for on each.
+    registered: Vec<(AsyncFd<OwnedFd>, i16)>,
+    /// The same duplicates as `poll(2)` takes them, for [`Self::still_pending`].
+    poll_set: Vec<libc::pollfd>,
     /// Some descriptor could not be registered: poll on a timer as well.
     degraded: bool,
 }
@@ -185,40 +190,47 @@ impl Watched {
         let mut degraded = false;
         for (fd, events, dup) in descriptors {
             fds.push((fd, events));
-            let interest = interest(events);
-            // SAFETY: an `OwnedFd` stays open, on the same file, until
-            // the `AsyncFd` owning it deregisters and drops it.
-            let async_fd =
-                dup.and_then(|dup| unsafe { Ok(AsyncFd::register_with_interest(dup, interest)?) });
+            let async_fd = dup.and_then(|dup| {
+                // SAFETY: an `OwnedFd` stays open, on the same file, until
+                // the `AsyncFd` owning it deregisters and drops it.
+                unsafe { Ok(AsyncFd::register_with_interest(dup, interest(events))?) }
+            });
             match async_fd {
-                Ok(async_fd) => registered.push((async_fd, interest)),
+                Ok(async_fd) => registered.push((async_fd, events)),
                 Err(e) => {
                     warn!("cannot watch libusb descriptor {fd} ({e}); polling every {FALLBACK_TICK:?}");
                     degraded = true;
                 }
             }
         }
+        let poll_set = registered
+            .iter()
+            .map(|(fd, events)| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: *events,
+                revents: 0,
+            })
+            .collect();
         Self {
             fds,
             registered,
+            poll_set,
             degraded,
         }
     }
 
     /// Whether some descriptor is ready right now (level, not edge).
-    fn still_pending(&self) -> bool {
-        let mut fds: Vec<libc::pollfd> = self
-            .registered
-            .iter()
-            .map(|(fd, interest)| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: poll_events(*interest),
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of `fds.len()` entries for the
-        // duration of the call; the descriptors are our own duplicates.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    fn still_pending(&mut self) -> bool {
+        // SAFETY: `poll_set` is a valid array of `poll_set.len()` entries
+        // for the duration of the call; its descriptors are our own
+        // duplicates, open while `registered` holds them.
+        let ready = unsafe {
+            libc::poll(
+                self.poll_set.as_mut_ptr(),
+                self.poll_set.len() as libc::nfds_t,
+                0,
+            )
+        };
         ready > 0
     }
 
@@ -230,7 +242,8 @@ impl Watched {
         }
         std::future::poll_fn(|cx| {
             let mut any = false;
-            for (fd, interest) in &self.registered {
+            for (fd, events) in &self.registered {
+                let interest = interest(*events);
                 if interest.is_readable() {
                     if let Poll::Ready(guard) = fd.poll_read_ready(cx) {
                         if let Ok(mut guard) = guard {
@@ -277,17 +290,6 @@ fn interest(events: i16) -> Interest {
         (false, true) => Interest::WRITABLE,
         _ => Interest::READABLE,
     }
-}
-
-fn poll_events(interest: Interest) -> i16 {
-    let mut events = 0;
-    if interest.is_readable() {
-        events |= libc::POLLIN;
-    }
-    if interest.is_writable() {
-        events |= libc::POLLOUT;
-    }
-    events
 }
 
 fn rusb_error(code: i32) -> String {

@@ -241,52 +241,51 @@ pub struct Outcome {
 }
 
 /// The URB's result from a finished transfer. Lengths the device or
-/// libusb report are clamped to what was asked, never trusted.
-pub fn finish(seqnum: u32, kind: &Kind, buffer: &[u8], outcome: &Outcome) -> UrbResult {
+/// libusb report are clamped to what was asked, never trusted. IN data
+/// stays in `buffer`'s allocation, which the result takes over.
+pub fn finish(seqnum: u32, kind: &Kind, buffer: Vec<u8>, outcome: &Outcome) -> UrbResult {
     let status = transfer_status_errno(outcome.status);
     let actual = usize::try_from(outcome.actual_length).unwrap_or(0);
-    match kind {
+    let (data, actual_length, iso_packets) = match kind {
         Kind::Control { is_in } => {
-            let data_stage = buffer.get(SetupPacket::LEN..).unwrap_or_default();
-            let actual = actual.min(data_stage.len());
-            UrbResult {
-                seqnum,
-                status,
-                data: if *is_in {
-                    Bytes::copy_from_slice(&data_stage[..actual])
-                } else {
-                    Bytes::new()
-                },
-                actual_length: actual as u32,
-                iso_packets: Vec::new(),
-            }
+            let actual = actual.min(buffer.len().saturating_sub(SetupPacket::LEN));
+            let data = if *is_in {
+                in_data(buffer, SetupPacket::LEN, actual)
+            } else {
+                Bytes::new()
+            };
+            (data, actual as u32, Vec::new())
         }
         Kind::Stream { is_in } => {
             let actual = actual.min(buffer.len());
-            UrbResult {
-                seqnum,
-                status,
-                data: if *is_in {
-                    Bytes::copy_from_slice(&buffer[..actual])
-                } else {
-                    Bytes::new()
-                },
-                actual_length: actual as u32,
-                iso_packets: Vec::new(),
-            }
+            let data = if *is_in {
+                in_data(buffer, 0, actual)
+            } else {
+                Bytes::new()
+            };
+            (data, actual as u32, Vec::new())
         }
         Kind::Iso { is_in, packets } => {
-            let (data, iso_packets) = compact_iso(*is_in, packets, buffer, &outcome.iso);
+            let (data, iso_packets) = compact_iso(*is_in, packets, &buffer, &outcome.iso);
             let actual_length = iso_packets.iter().map(|p| p.actual_length).sum();
-            UrbResult {
-                seqnum,
-                status,
-                data,
-                actual_length,
-                iso_packets,
-            }
+            (data, actual_length, iso_packets)
         }
+    };
+    UrbResult {
+        seqnum,
+        status,
+        data,
+        actual_length,
+        iso_packets,
     }
+}
+
+/// The `len` bytes at `start` of a finished IN transfer's buffer, without
+/// copying them (a bulk IN URB carries up to hundreds of KiB).
+fn in_data(mut buffer: Vec<u8>, start: usize, len: usize) -> Bytes {
+    let end = start.saturating_add(len).min(buffer.len());
+    buffer.truncate(end);
+    Bytes::from(buffer).slice(start.min(end)..)
 }
 
 /// Isochronous results as USB/IP sends them (Linux's stub_tx.c): the IN
@@ -485,7 +484,7 @@ extern "system" fn transfer_done(transfer: *mut ffi::libusb_transfer) {
             kind,
             buffer,
         } = *pending;
-        let result = finish(seqnum, &kind, &buffer, &outcome);
+        let result = finish(seqnum, &kind, buffer, &outcome);
         // Takes the transfer out of the in-flight table (under the lock
         // cancel uses) before it is freed.
         device.finish_urb(
@@ -495,11 +494,11 @@ extern "system" fn transfer_done(transfer: *mut ffi::libusb_transfer) {
         );
         // SAFETY: no longer in the in-flight table, so nothing else can
         // reach it; libusb is done with it and we free it exactly once.
-        // Its buffer is ours (no LIBUSB_TRANSFER_FREE_BUFFER): `buffer`
-        // is dropped after this, and so is `device`, which owns the
-        // handle the transfer was on.
+        // Freeing leaves its buffer alone (no LIBUSB_TRANSFER_FREE_BUFFER):
+        // that allocation is the result's now, which libusb last wrote
+        // before calling us. `device`, which owns the handle the transfer
+        // was on, is dropped after this.
         unsafe { ffi::libusb_free_transfer(transfer) };
-        drop(buffer);
         drop(device);
     }));
     if caught.is_err() {
@@ -607,9 +606,12 @@ mod tests {
             actual_length: 500,
             ..Outcome::default()
         };
-        let r = finish(9, &p.kind, &buffer, &outcome);
+        let data_stage = buffer[8..].as_ptr();
+        let r = finish(9, &p.kind, buffer, &outcome);
         assert_eq!((r.seqnum, r.status, r.actual_length), (9, 0, 18));
         assert_eq!(&r.data[..], &[7; 18]);
+        // Not a copy: the result points into the transfer's buffer.
+        assert_eq!(r.data.as_ptr(), data_stage);
     }
 
     #[test]
@@ -624,7 +626,7 @@ mod tests {
         let r = finish(
             1,
             &p.kind,
-            &p.buffer,
+            p.buffer.clone(),
             &Outcome {
                 actual_length: 7,
                 ..Outcome::default()
@@ -668,7 +670,7 @@ mod tests {
         let r = finish(
             1,
             &p.kind,
-            &buffer,
+            buffer.clone(),
             &Outcome {
                 actual_length: 3,
                 ..Outcome::default()
@@ -679,7 +681,7 @@ mod tests {
             let r = finish(
                 1,
                 &p.kind,
-                &buffer,
+                buffer.clone(),
                 &Outcome {
                     actual_length: bogus,
                     ..Outcome::default()
@@ -716,7 +718,7 @@ mod tests {
                 (250, LIBUSB_TRANSFER_COMPLETED),
             ],
         };
-        let r = finish(4, &p.kind, &buffer, &outcome);
+        let r = finish(4, &p.kind, buffer, &outcome);
         assert_eq!(r.status, 0);
         let expect: Vec<u8> = [&[b'a'; 10][..], &[b'c'; 100][..]].concat();
         assert_eq!(&r.data[..], &expect[..]);
@@ -758,7 +760,7 @@ mod tests {
             iso: vec![(2, 0), (3, 0)],
             ..Outcome::default()
         };
-        let r = finish(1, &p.kind, &p.buffer, &outcome);
+        let r = finish(1, &p.kind, p.buffer.clone(), &outcome);
         assert!(r.data.is_empty());
         assert_eq!(r.actual_length, 5);
         assert_eq!(r.iso_packets[1].offset, 4);
@@ -778,7 +780,7 @@ mod tests {
         let r = finish(
             1,
             &kind,
-            &[0; 16],
+            vec![0; 16],
             &Outcome {
                 status: LIBUSB_TRANSFER_NO_DEVICE,
                 actual_length: 16,
