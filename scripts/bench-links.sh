@@ -11,6 +11,7 @@
 #   scripts/bench-links.sh --quick               a few minutes
 #   scripts/bench-links.sh --paths stock,ours-virtio --links metro
 #   scripts/bench-links.sh --out DIR             default: bench-results/links-<date>[-quick]
+#   scripts/bench-links.sh --quick --capture     also split each transaction at the HRH's NIC
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +19,10 @@ ARGS=() OUT= SUFFIX=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) ARGS+=(--quick) SUFFIX=-quick ;;
+        --capture) ARGS+=(--capture) ;;
         --paths|--links) ARGS+=("$1" "${2:?$1 needs a list}"); shift ;;
         --out) OUT=${2:?--out needs a directory}; shift ;;
-        *) echo "usage: scripts/bench-links.sh [--quick] [--paths P,..] [--links L,..] [--out DIR]" >&2
+        *) echo "usage: scripts/bench-links.sh [--quick] [--capture] [--paths P,..] [--links L,..] [--out DIR]" >&2
            exit 2 ;;
     esac
     shift

@@ -31,10 +31,14 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::guest::{Guest, GuestConfig};
 use crate::remote::{Output, Remote, SERVE_FUNCTION};
-use crate::util::{free_port, log_dir, workspace_root};
+use crate::util::{free_port, log_dir, unix_now, workspace_root};
 
 /// The USB/IP port inside the HRH guest, forwarded from a free port of the host.
 pub const HRH_GUEST_PORT: u16 = 3240;
+
+/// The HRH's TCP port [`Hrh::mark`] knocks on. Nothing listens there: the HRH's kernel
+/// refuses the connection, and a capture of its interface shows when the knock arrived.
+pub const MARK_PORT: u16 = 9;
 
 /// The id of QEMU's emulated USB audio device (`-device usb-audio`).
 pub const QEMU_AUDIO_ID: &str = "46f4:0002";
@@ -492,6 +496,8 @@ pub struct HrhConfig {
     rust_log: String,
     /// Guest TCP ports forwarded from the host besides the USB/IP port.
     forwards: Vec<u16>,
+    /// Where QEMU records the packets of the HRH's network interface.
+    capture: Option<PathBuf>,
 }
 
 impl HrhConfig {
@@ -503,6 +509,7 @@ impl HrhConfig {
             binaries: Vec::new(),
             rust_log: "info".to_owned(),
             forwards: Vec::new(),
+            capture: None,
         }
     }
 
@@ -538,6 +545,15 @@ impl HrhConfig {
         );
         self.forwards.push(guest_port);
         self
+    }
+
+    /// Records every packet of the HRH's network interface, as the host sees it (after the
+    /// link's shaping inside the HRH), into the pcap file `path`. QEMU stamps the packets
+    /// with its virtual clock (which runs with the host's, from a whole second at start-up):
+    /// [`Hrh::mark`] ties it to the host's.
+    pub fn capture(mut self, path: &Path) -> Self {
+        self.capture = Some(path.to_owned());
+        self.forward(MARK_PORT)
     }
 }
 
@@ -591,6 +607,15 @@ vusb_serve
                 "-audiodev".to_owned(),
                 format!("wav,id=hrhsnd,path={}", wav_path.display()),
             ]);
+        if let Some(path) = &config.capture {
+            guest = guest.qemu_args([
+                "-object".to_owned(),
+                format!(
+                    "filter-dump,id=hrhcapture,netdev=n0,file={}",
+                    path.display()
+                ),
+            ]);
+        }
         for name in &config.binaries {
             guest = guest.workspace_binary(name)?;
         }
@@ -630,6 +655,20 @@ vusb_serve
             .find(|(guest, _)| *guest == guest_port)
             .map(|(_, host)| *host)
             .ok_or_else(|| anyhow!("the HRH's port {guest_port} is not forwarded"))
+    }
+
+    /// Knocks on the HRH's [`MARK_PORT`] (forwarded by [`HrhConfig::capture`]) and returns
+    /// the host's time just before, in seconds since the epoch. QEMU's user-mode network
+    /// accepts at once and sends the HRH its SYN, which the capture then holds.
+    pub fn mark(&self) -> Result<f64> {
+        let port = self.forwarded_port(MARK_PORT)?;
+        let at = unix_now();
+        // Refused or closed by the HRH right away; only the SYN matters.
+        let _ = std::net::TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::LOCALHOST, port).into(),
+            Duration::from_secs(2),
+        );
+        Ok(at)
     }
 
     /// The WAV file QEMU writes what the HRH's USB audio device plays into; complete once the

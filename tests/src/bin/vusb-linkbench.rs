@@ -22,6 +22,11 @@ struct Args {
     /// Only these links (comma-separated), by name.
     #[arg(long, value_delimiter = ',')]
     links: Vec<String>,
+    /// Also record the HRH's packets (DIR/hrh-nic.pcap) and split each serial, HID and
+    /// SCSI transaction into the HRH's part and the ISP's part (DIR/capture.md). Best with
+    /// --quick: the capture holds every byte the pendrive moves.
+    #[arg(long)]
+    capture: bool,
     /// Where results.json and results.md go.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -46,7 +51,7 @@ fn main() -> Result<()> {
     if !args.links.is_empty() {
         plan = plan.only_links(&args.links)?;
     }
-    let results = runner::run(&plan, &args.out)?;
+    let results = runner::run(&plan, &args.out, args.capture)?;
     eprintln!("results in {}", args.out.display());
     if !results.all_ok() {
         anyhow::bail!("some measurements failed; see the failures in results.md");

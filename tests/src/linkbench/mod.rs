@@ -8,10 +8,12 @@
 //! * `paths`: bringing a path up (servers, backends, guests) and down again;
 //! * `workloads`: running `vusb-probe` in a guest and reading its results;
 //! * `runner`: the run itself, with its progress lines;
-//! * `report`: the results as JSON and markdown.
+//! * `report`: the results as JSON and markdown;
+//! * `capture`: where each transaction's time went, from a capture of the HRH's packets.
 //!
 //! `vusb-linkbench` (tests/src/bin) drives it; docs/link-benchmarks.md explains it.
 
+pub mod capture;
 pub mod paths;
 pub mod plan;
 pub mod report;

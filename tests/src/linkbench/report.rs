@@ -36,6 +36,9 @@ pub struct Cell {
     pub results: BTreeMap<&'static str, Value>,
     /// What failed, by workload (or `setup`).
     pub errors: BTreeMap<&'static str, String>,
+    /// When each workload ran: its first and last instant, in seconds since the Unix epoch
+    /// (the clock of a network capture, [`super::capture`]).
+    pub windows: BTreeMap<&'static str, [f64; 2]>,
     /// Wall time of the whole cell, guest boot included.
     pub seconds: f64,
 }

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::capture;
 use super::paths::{self, Devices};
 use super::report::{Cell, PathSummary, Results};
 use super::workloads::{self, Workload};
 use super::{PathKind, Plan};
 use crate::hrh::{Hrh, HrhConfig};
 use crate::link::Link;
+use crate::util::unix_now;
 
 const BOOT: Duration = Duration::from_secs(240);
 
@@ -56,8 +58,13 @@ impl Progress {
     }
 }
 
-/// Runs `plan`, writing `results.json` and `results.md` into `out` as it goes.
-pub fn run(plan: &Plan, out: &Path) -> Result<Results> {
+/// The file a run with `capture` records the HRH's packets into, in its output folder.
+pub const CAPTURE_FILE: &str = "hrh-nic.pcap";
+
+/// Runs `plan`, writing `results.json` and `results.md` into `out` as it goes. With
+/// `capture`, the HRH's packets are recorded too and split into where each transaction's
+/// time went (`capture.md`, `capture.json`).
+pub fn run(plan: &Plan, out: &Path, capture: bool) -> Result<Results> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let cells = plan.cells();
     let mut progress = Progress::new(cells.len());
@@ -77,11 +84,14 @@ pub fn run(plan: &Plan, out: &Path) -> Result<Results> {
     };
 
     progress.say("booting the HRH guest");
-    let config = HrhConfig::new("linkbench-hrh")
+    let mut config = HrhConfig::new("linkbench-hrh")
         .with_exporter()
         .with_probe()
         // The image lives in the HRH's memory; a little beyond what is written.
         .storage_mib(plan.disk_mib + 8);
+    if capture {
+        config = config.capture(&out.join(CAPTURE_FILE));
+    }
     let mut hrh = Hrh::boot(config)?;
     let devices = Devices::find(&hrh.wait_ready(BOOT)?)?;
 
@@ -97,12 +107,31 @@ pub fn run(plan: &Plan, out: &Path) -> Result<Results> {
             }
             shaped = link;
         }
-        let cell = run_cell(plan, &mut hrh, &devices, link.as_ref(), kind, &mut progress);
+        let cell = run_cell(
+            plan,
+            &mut hrh,
+            &devices,
+            link.as_ref(),
+            kind,
+            capture,
+            &mut progress,
+        );
         results.cells.push(cell);
         progress.done += 1;
         write(&results, out)?;
     }
     hrh.finish(Duration::from_secs(60))?;
+    if capture {
+        progress.say("splitting the captured transactions");
+        let pcap = std::fs::read(out.join(CAPTURE_FILE))
+            .with_context(|| format!("reading {}", out.join(CAPTURE_FILE).display()))?;
+        let split = capture::split(&pcap, &results.cells)?;
+        std::fs::write(
+            out.join("capture.json"),
+            serde_json::to_string_pretty(&split)?,
+        )?;
+        std::fs::write(out.join("capture.md"), capture::markdown(&split))?;
+    }
     Ok(results)
 }
 
@@ -112,6 +141,7 @@ fn run_cell(
     devices: &Devices,
     link: Option<&Link>,
     kind: PathKind,
+    capture: bool,
     progress: &mut Progress,
 ) -> Cell {
     let started = Instant::now();
@@ -121,6 +151,7 @@ fn run_cell(
         link: link.map(|l| l.name),
         results: BTreeMap::new(),
         errors: BTreeMap::new(),
+        windows: BTreeMap::new(),
         seconds: 0.0,
     };
     progress.say(&format!("{label}: bringing the path up"));
@@ -142,7 +173,14 @@ fn run_cell(
     };
     for w in Workload::ALL {
         progress.say(&format!("{label}: {}", w.name()));
+        // With a capture, the window's start is also a mark in it (see `capture`).
+        let began = if capture {
+            hrh.mark().unwrap_or_else(|_| unix_now())
+        } else {
+            unix_now()
+        };
         let outcome = workloads::run(w, plan, hrh.remote(), attached.guest.as_mut());
+        cell.windows.insert(w.name(), [began, unix_now()]);
         if let Some(v) = outcome.result {
             progress.say(&format!("{label}: {} {}", w.name(), headline(&v)));
             cell.results.insert(w.name(), v);
