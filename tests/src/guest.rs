@@ -19,7 +19,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::assets::guest_assets;
 use crate::cpio::CpioArchive;
-use crate::util::{log_dir, tail_lines};
+use crate::util::{die_with_harness, log_dir, tail_lines};
 
 /// The line `/init` prints after the test's script ends, followed by its exit code.
 pub const EXIT_MARKER: &str = "VUSB-TEST-EXIT=";
@@ -325,6 +325,7 @@ impl Guest {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
 
+        die_with_harness(&mut cmd);
         shared
             .lock()
             .push(Source::Harness, &format!("starting {cmd:?}"));

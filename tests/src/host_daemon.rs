@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 
 use crate::exporter::workspace_binary;
-use crate::util::{log_dir, tail_lines};
+use crate::util::{die_with_harness, log_dir, tail_lines};
 
 /// How long a daemon gets to become ready after it starts.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,6 +54,7 @@ impl HostDaemon {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        die_with_harness(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;

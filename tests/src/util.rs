@@ -10,6 +10,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
+/// Makes the process `cmd` starts die with this one. A harness killed by a signal (a
+/// benchmark stopped with SIGTERM, a test runner's time-out) unwinds nothing, so the guards
+/// that stop guests and daemons never run; without this, those would run on, holding CPUs
+/// and ports. The kernel sends the signal when the thread that started the process ends:
+/// start long-lived processes from a thread that outlives them.
+pub fn die_with_harness(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let harness = std::process::id();
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl and
+    // getppid are system calls, and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The harness may have died before the call: then no signal is coming.
+            if libc::getppid() as u32 != harness {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,6 +155,33 @@ pub fn run_build_script(script: &str, args: &[&Path], needs: &str) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_started_to_die_with_the_harness_dies_with_it() {
+        // The kernel's notion of "the harness" is the starting thread: its end stands in
+        // for the whole process being killed.
+        let mut child = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("60");
+            die_with_harness(&mut cmd);
+            cmd.spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the child outlived the thread that started it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
 
     #[test]
     fn last_lines_keeps_the_end() {
