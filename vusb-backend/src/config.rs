@@ -49,9 +49,10 @@ pub struct Args {
     /// Interrupt IN transfers kept outstanding on each endpoint the guest
     /// polls, so that a device's reports do not wait a network round trip
     /// each (see `vusb_backend::prefetch`); 0 passes the guest's transfers
-    /// through one for one. vhost-user only: the usbredir front-end polls
-    /// the way QEMU asks.
-    #[arg(long, default_value_t = 8, value_name = "N",
+    /// through one for one. With `--frontend usbredir`, the transfers each
+    /// of QEMU's interrupt receiving streams keeps outstanding (0 counts as
+    /// 1: a stream needs one).
+    #[arg(long, default_value_t = crate::prefetch::DEFAULT_DEPTH, value_name = "N",
           value_parser = clap::value_parser!(u8).range(0..=16))]
     pub interrupt_prefetch: u8,
 

@@ -51,7 +51,7 @@ fn run(args: Args) -> Result<()> {
             (None, Some(path)) => Listen::Unix(path),
             (None, None) => unreachable!("clap requires --socket-path or --listen"),
         };
-        return serve_forever(&args.devices[0], &at);
+        return serve_forever(&args.devices[0], &at, args.interrupt_prefetch);
     }
     let Some(socket) = args.socket_path else {
         unreachable!("validate() requires --socket-path for vhost-user")

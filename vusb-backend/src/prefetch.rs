@@ -32,6 +32,10 @@ use tracing::debug;
 use crate::transfer::{Completion, Port, PortEvent, Ports, Status, Transfer, TransferKind};
 use crate::transfer::{Upcall, UpcallSink};
 
+/// Interrupt IN transfers kept outstanding per endpoint unless told otherwise
+/// (`--interrupt-prefetch`): enough for a report every 8 ms over a round trip of up to
+/// about 60 ms. The usbredir front-end's interrupt receiving keeps as many.
+pub const DEFAULT_DEPTH: u8 = 8;
 /// Reports kept for a guest that has not asked for them yet.
 pub const MAX_READY: usize = 64;
 /// Set in the tags of the prefetch's own transfers.

@@ -46,8 +46,9 @@ impl fmt::Display for Listen {
 }
 
 /// Serves QEMU connections at `at`, one after another, each with `device`
-/// imported for it.
-pub fn serve_forever(device: &RemoteDevice, at: &Listen) -> Result<()> {
+/// imported for it and `interrupt_transfers` interrupt IN transfers kept
+/// outstanding on each endpoint QEMU receives from.
+pub fn serve_forever(device: &RemoteDevice, at: &Listen, interrupt_transfers: u8) -> Result<()> {
     match at {
         Listen::Unix(path) => {
             // A socket left by an earlier run would make bind fail.
@@ -58,7 +59,7 @@ pub fn serve_forever(device: &RemoteDevice, at: &Listen) -> Result<()> {
             loop {
                 let (stream, _) = listener.accept().context("accepting a connection")?;
                 info!("usb-redir connected");
-                log_end(serve_connection(device, stream));
+                log_end(serve_connection(device, stream, interrupt_transfers));
             }
         }
         Listen::Tcp(addr) => {
@@ -72,7 +73,7 @@ pub fn serve_forever(device: &RemoteDevice, at: &Listen) -> Result<()> {
                 if let Err(e) = stream.set_nodelay(true) {
                     warn!("TCP_NODELAY: {e}");
                 }
-                log_end(serve_connection(device, stream));
+                log_end(serve_connection(device, stream, interrupt_transfers));
             }
         }
     }
@@ -85,12 +86,16 @@ fn log_end(result: Result<()>) {
     }
 }
 
-fn serve_connection<S: Read + Write + AsRawFd>(device: &RemoteDevice, stream: S) -> Result<()> {
+fn serve_connection<S: Read + Write + AsRawFd>(
+    device: &RemoteDevice,
+    stream: S,
+    interrupt_transfers: u8,
+) -> Result<()> {
     let (sender, receiver) = upcalls::channel().context("creating the upcall channel")?;
     let sink: Arc<dyn UpcallSink> = sender;
     let client = UsbipClient::start(vec![device.clone()], PortLayout::for_devices(1), sink)
         .context("starting the USB/IP client")?;
-    let mut session = Session::new(DEFAULT_CAPS);
+    let mut session = Session::new(DEFAULT_CAPS).with_interrupt_transfers(interrupt_transfers);
     let hello = session.start();
     let mut conn = Connection {
         stream,

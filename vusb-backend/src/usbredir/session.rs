@@ -53,6 +53,9 @@ pub struct Session {
     pub(super) reset_token: Option<u64>,
     pub(super) next_token: u64,
     pub(super) complaints: u64,
+    /// Interrupt IN transfers each interrupt receiving stream keeps
+    /// outstanding.
+    pub(super) interrupt_transfers: u8,
 }
 
 impl Session {
@@ -74,7 +77,15 @@ impl Session {
             reset_token: None,
             next_token: 1,
             complaints: 0,
+            interrupt_transfers: super::streams::INTERRUPT_TRANSFERS,
         }
+    }
+
+    /// Keeps `n` interrupt IN transfers outstanding per interrupt receiving
+    /// stream (at least one: QEMU waits for the packets the stream sends).
+    pub fn with_interrupt_transfers(mut self, n: u8) -> Self {
+        self.interrupt_transfers = n.max(1);
+        self
     }
 
     /// This side's hello, the first thing to send on the connection (with

@@ -20,10 +20,13 @@ use super::transfers::{in_data, standard, Pending};
 use super::{redir_status, Action};
 use crate::transfer::{Completion, Status, Transfer, TransferKind};
 
-/// Interrupt IN transfers kept outstanding, as usbredirhost keeps
-/// (`INTERRUPT_TRANSFER_COUNT`): the endpoint is polled again while a
-/// completion is still on its way back over the network.
-const INTERRUPT_TRANSFERS: u8 = 5;
+/// Interrupt IN transfers kept outstanding unless the session is told
+/// otherwise ([`Session::with_interrupt_transfers`]): the endpoint is
+/// polled again while a completion is still on its way back over the
+/// network. usbredirhost keeps 5 (`INTERRUPT_TRANSFER_COUNT`), which a
+/// device reporting every 8 ms outruns on a link with a round trip beyond
+/// 40 ms; the vhost-user path's prefetch depth is the default here too.
+pub(super) const INTERRUPT_TRANSFERS: u8 = crate::prefetch::DEFAULT_DEPTH;
 /// The most transfers a bulk receiving stream may ask for (usbredirhost's
 /// `MAX_TRANSFER_COUNT`).
 const MAX_TRANSFERS: u8 = 16;
@@ -150,7 +153,7 @@ impl Session {
             return refuse(status::INVAL, "already started".into());
         }
         match kind {
-            StreamKind::Interrupt => Ok((max_packet, INTERRUPT_TRANSFERS)),
+            StreamKind::Interrupt => Ok((max_packet, self.interrupt_transfers)),
             StreamKind::Bulk {
                 stream_id,
                 bytes_per_transfer,

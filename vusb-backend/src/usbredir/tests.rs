@@ -116,7 +116,10 @@ impl Harness {
     }
 
     fn with_caps(caps: Caps) -> Self {
-        let mut s = Session::new(caps);
+        Self::with_session(Session::new(caps))
+    }
+
+    fn with_session(mut s: Session) -> Self {
         let hello = s.start();
         assert!(hello.to_bytes(Caps::empty(), Sender::Host).is_ok());
         Self {
@@ -195,7 +198,11 @@ impl Harness {
 
     /// Hellos exchanged and the device announced.
     fn ready() -> Self {
-        let mut h = Self::new();
+        Self::ready_with(Session::new(DEFAULT_CAPS))
+    }
+
+    fn ready_with(session: Session) -> Self {
+        let mut h = Self::with_session(session);
         h.hello(QEMU_CAPS);
         let announced = h.connect(PORT, Speed::High);
         assert_eq!(sent(&announced).len(), 3);
@@ -497,12 +504,23 @@ fn interrupt_out_is_answered_with_its_length_and_its_id_may_repeat() {
     assert_eq!(h.s.complaints(), 1);
 }
 
+/// Interrupt transfers a stream keeps outstanding by default.
+const KEPT: usize = super::streams::INTERRUPT_TRANSFERS as usize;
+
+#[test]
+fn interrupt_receiving_keeps_the_configured_transfers_outstanding() {
+    for (asked, kept) in [(2, 2), (16, 16), (0, 1)] {
+        let mut h = Harness::ready_with(Session::new(DEFAULT_CAPS).with_interrupt_transfers(asked));
+        assert_eq!(h.receive_interrupts().len(), kept, "asked for {asked}");
+    }
+}
+
 #[test]
 fn interrupt_receiving_turns_completions_into_interrupt_packets() {
     let mut h = Harness::ready();
     let out = h.guest(3, Body::StartInterruptReceiving { endpoint: 0x83 });
     let transfers = submitted(&out);
-    assert_eq!(transfers.len(), 5);
+    assert_eq!(transfers.len(), KEPT);
     for t in &transfers {
         assert_eq!(
             (t.endpoint, t.kind, t.length, t.interval),
@@ -546,7 +564,7 @@ fn interrupt_receiving_turns_completions_into_interrupt_packets() {
     // Stop: every outstanding transfer is cancelled; late answers vanish.
     let out = h.guest(5, Body::StopInterruptReceiving { endpoint: 0x83 });
     let gone = cancelled(&out);
-    assert_eq!(gone.len(), 5);
+    assert_eq!(gone.len(), KEPT);
     assert!(gone.contains(&transfers[3].id) && gone.contains(&again[0].id));
     assert_eq!(sent(&out), [(5, status_ok)]);
     assert_eq!(
@@ -574,7 +592,7 @@ fn a_stalled_stream_is_cleared_and_restarted_from_id_0() {
     let out = h.complete(done(tags[2], Status::Stall, &[]));
     assert_eq!(sent(&out), []);
     let others = cancelled(&out);
-    assert_eq!(others.len(), 4);
+    assert_eq!(others.len(), KEPT - 1);
     let [clear] = &submitted(&out)[..] else {
         panic!()
     };
@@ -582,7 +600,7 @@ fn a_stalled_stream_is_cleared_and_restarted_from_id_0() {
     assert_eq!((clear.endpoint, clear.kind), (0x00, TransferKind::Control));
     let out = h.complete(sent_out(clear.id, 0));
     let restarted = submitted(&out);
-    assert_eq!(restarted.len(), 5);
+    assert_eq!(restarted.len(), KEPT);
     let out = h.complete(done(restarted[0].id, Status::Ok, &[7]));
     assert_eq!(sent(&out)[0].0, 0, "numbering starts again");
 
@@ -615,11 +633,11 @@ fn a_stream_that_keeps_failing_is_stopped() {
         endpoint: 0x83,
     };
     assert_eq!(sent(&out), [(0, stall)]);
-    assert_eq!(cancelled(&out).len(), 4);
+    assert_eq!(cancelled(&out).len(), KEPT - 1);
     assert_eq!(submitted(&out), []);
     // QEMU may start it again.
     let out = h.guest(1, Body::StartInterruptReceiving { endpoint: 0x83 });
-    assert_eq!(submitted(&out).len(), 5);
+    assert_eq!(submitted(&out).len(), KEPT);
 }
 
 #[test]
