@@ -22,7 +22,8 @@ pub fn die_with_harness(cmd: &mut Command) {
     // getppid are system calls, and the closure allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+            // prctl takes its arguments as unsigned longs.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             // The harness may have died before the call: then no signal is coming.
