@@ -1,6 +1,7 @@
 //! The workspace's binaries as guest files: each with the shared libraries it links, so that
 //! it runs in the busybox initramfs of any test guest.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,22 +13,36 @@ use crate::exporter::workspace_binary;
 /// binary is stripped of its debug information when `objcopy` is at hand: the archive is held
 /// in guest memory.
 pub fn workspace_binary_files(name: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    let binary = workspace_binary(name)?;
+    binary_files(&workspace_binary(name)?, name)
+}
+
+/// A program of the host (`perf`, say) as `/usr/bin/<its name>` in a guest, with its shared
+/// libraries, as [`workspace_binary_files`] does. The guest runs Debian's kernel and the
+/// host Debian's user space, so the host's tools for that kernel work there.
+pub fn host_binary_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} names no program", path.display()))?;
+    binary_files(path, name)
+}
+
+fn binary_files(binary: &Path, name: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     let stripped = tempfile::NamedTempFile::new()?;
     let contents = match Command::new("objcopy")
         .arg("--strip-debug")
-        .arg(&binary)
+        .arg(binary)
         .arg(stripped.path())
         .status()
     {
         Ok(status) if status.success() => std::fs::read(stripped.path())?,
-        _ => std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
+        _ => std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?,
     };
     files.push((format!("/usr/bin/{name}"), contents));
 
     let out = Command::new("ldd")
-        .arg(&binary)
+        .arg(binary)
         .output()
         .context("running ldd (package libc-bin)")?;
     if !out.status.success() {

@@ -498,6 +498,8 @@ pub struct HrhConfig {
     forwards: Vec<u16>,
     /// Where QEMU records the packets of the HRH's network interface.
     capture: Option<PathBuf>,
+    /// Programs of the host to put into the guest.
+    host_tools: Vec<PathBuf>,
 }
 
 impl HrhConfig {
@@ -510,7 +512,15 @@ impl HrhConfig {
             rust_log: "info".to_owned(),
             forwards: Vec::new(),
             capture: None,
+            host_tools: Vec::new(),
         }
+    }
+
+    /// Puts the host's program at `path` (and the shared libraries it links) into the guest
+    /// as `/usr/bin/<its name>`: `perf` for [`crate::linkbench`]'s profiles.
+    pub fn with_host_tool(mut self, path: &Path) -> Self {
+        self.host_tools.push(path.to_owned());
+        self
     }
 
     pub fn storage_mib(mut self, mib: u32) -> Self {
@@ -618,6 +628,11 @@ vusb_serve
         }
         for name in &config.binaries {
             guest = guest.workspace_binary(name)?;
+        }
+        for tool in &config.host_tools {
+            for (path, contents) in crate::binaries::host_binary_files(tool)? {
+                guest = guest.file(&path, contents, 0o755);
+            }
         }
         let mut forwards = Vec::new();
         for &guest_port in &config.forwards {

@@ -1,9 +1,10 @@
 //! The link benchmark's machinery (`vusb_vm_tests::linkbench`, `scripts/bench-links.sh`) in
 //! its quick form over the LAN profile: every path comes up against one HRH guest, every
 //! workload gives a result, nothing read back differs from what was written and no round
-//! trip is lost, and the results on disk say the same. With the HRH's packets captured,
-//! every round trip of the USB/IP paths is found again in the capture. The numbers
-//! themselves are not judged here (docs/link-benchmarks.md has them).
+//! trip is lost, the HRH's USB/IP server is seen at work, and the results on disk say the
+//! same. With the HRH's packets captured, every round trip of the USB/IP paths is found
+//! again in the capture. The numbers themselves are not judged here
+//! (docs/link-benchmarks.md has them).
 //!
 //! Run with `cargo nextest run -p vusb-vm-tests --run-ignored only -E
 //! 'binary(link_benchmark)'` (or through scripts/test.sh).
@@ -18,7 +19,11 @@ use vusb_vm_tests::linkbench::{runner, PathKind, Plan};
 fn the_quick_link_benchmark_measures_every_path() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let plan = Plan::quick().only_links(&["lan".into()])?;
-    let results = runner::run(&plan, dir.path(), true)?;
+    let options = runner::Options {
+        capture: true,
+        ..Default::default()
+    };
+    let results = runner::run(&plan, dir.path(), options)?;
     assert!(results.all_ok(), "failures:\n{}", results.markdown());
     let paths: Vec<PathKind> = results.cells.iter().map(|c| c.path).collect();
     assert_eq!(paths, PathKind::ALL);
@@ -44,6 +49,20 @@ fn the_quick_link_benchmark_measures_every_path() -> Result<()> {
             let r = get(w)?;
             assert_eq!(r["received"], count, "{who} {}: {r}", w.name());
             assert_eq!(r["rtt_us"].as_array().map(Vec::len), Some(count as usize));
+        }
+        // The HRH's CPU was read around every workload, and in the tunnelled paths the
+        // USB/IP server (hrh-exporter's threads or usbip-host's) was found working.
+        for w in Workload::ALL {
+            let cpu = cell.hrh_cpu.get(w.name());
+            let cpu = cpu.with_context(|| format!("{who}: no HRH CPU for {}", w.name()))?;
+            assert!(cpu.busy_ms <= cpu.elapsed_ms, "{who} {}: {cpu:?}", w.name());
+            if cell.path.tunnelled() {
+                assert!(
+                    cpu.server_ms.is_some_and(|ms| ms > 0.0),
+                    "{who} {}: {cpu:?}",
+                    w.name()
+                );
+            }
         }
         let stream = get(Workload::HidStream)?;
         assert_eq!(stream["end"], "complete", "{who}: {stream}");

@@ -27,6 +27,15 @@ struct Args {
     /// --quick: the capture holds every byte the pendrive moves.
     #[arg(long)]
     capture: bool,
+    /// Also sample where the HRH's CPU goes (perf in the HRH guest) during the round trips
+    /// and the pendrive's workloads, into DIR/profiles/. Sampling costs the HRH CPU: compare
+    /// a profiled run's paths with each other only.
+    #[arg(long)]
+    profile: bool,
+    /// Measure nothing: split the capture of an earlier --capture run in DIR again, from its
+    /// results.json (for a run stopped before it got that far).
+    #[arg(long, conflicts_with_all = ["quick", "paths", "links", "capture", "profile"])]
+    split_capture: bool,
     /// Where results.json and results.md go.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -34,6 +43,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.split_capture {
+        runner::split_saved_capture(&args.out)?;
+        eprintln!("split in {}", args.out.join("capture.md").display());
+        return Ok(());
+    }
     // Progress lines only; every guest's and daemon's log stays in the log directory.
     vusb_vm_tests::set_log_tails(false);
     eprintln!(
@@ -51,7 +65,11 @@ fn main() -> Result<()> {
     if !args.links.is_empty() {
         plan = plan.only_links(&args.links)?;
     }
-    let results = runner::run(&plan, &args.out, args.capture)?;
+    let options = runner::Options {
+        capture: args.capture,
+        profile: args.profile,
+    };
+    let results = runner::run(&plan, &args.out, options)?;
     eprintln!("results in {}", args.out.display());
     if !results.all_ok() {
         anyhow::bail!("some measurements failed; see the failures in results.md");

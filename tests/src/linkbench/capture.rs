@@ -30,6 +30,9 @@ use crate::hrh::MARK_PORT;
 /// The HRH's USB/IP port, inside its guest.
 const USBIP_PORT: u16 = crate::hrh::HRH_GUEST_PORT;
 
+/// How far apart the offsets of a capture's knocks from their windows may be, in seconds.
+const MAX_OFFSET_SPREAD: f64 = 1.0;
+
 /// The workloads whose transactions are split, and what starts and ends one.
 const SPLIT_WORKLOADS: [(&str, Rule); 4] = [
     ("serial-back-to-back", Rule::Echo),
@@ -84,10 +87,19 @@ impl Stats {
     }
 }
 
+/// Whether the cells handed to [`split`] are all the run measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cells {
+    /// Every cell: the capture holds a knock for each of their workloads, no more.
+    All,
+    /// The cells a stopped run saved: the capture may hold knocks for workloads after them.
+    Saved,
+}
+
 /// Splits the transactions of every cell's workloads found in the pcap file `pcap`.
-pub fn split(pcap: &[u8], cells: &[Cell]) -> Result<Vec<Split>> {
+pub fn split(pcap: &[u8], cells: &[Cell], which: Cells) -> Result<Vec<Split>> {
     let frames = packets(pcap)?;
-    let offset = clock_offset(&frames, cells)?;
+    let offset = clock_offset(&frames, cells, which)?;
     let connections = connections(&frames);
     let messages: Vec<Vec<Message>> = connections.iter().map(Connection::messages).collect();
     let mut splits = Vec::new();
@@ -186,8 +198,9 @@ fn transactions(messages: &[Message], rule: Rule, from: f64, to: f64) -> Vec<Tra
 /// The capture's clock minus the host's. Each workload's window starts with a knock on the
 /// HRH's [`MARK_PORT`] ([`crate::hrh::Hrh::mark`]); the capture holds the knocks' SYNs in
 /// the same order. The median of the differences: a knock whose SYN QEMU sent late does
-/// not move it.
-fn clock_offset(frames: &[Frame], cells: &[Cell]) -> Result<f64> {
+/// not move it. Knocks beyond the windows are those of a cell a stopped run did not save;
+/// they come last.
+fn clock_offset(frames: &[Frame], cells: &[Cell], which: Cells) -> Result<f64> {
     let mut knockers = HashSet::new();
     let knocks: Vec<f64> = frames
         .iter()
@@ -202,7 +215,11 @@ fn clock_offset(frames: &[Frame], cells: &[Cell]) -> Result<f64> {
         .flat_map(|c| c.windows.values().map(|w| w[0]))
         .collect();
     starts.sort_by(f64::total_cmp);
-    if knocks.is_empty() || knocks.len() != starts.len() {
+    let paired = match which {
+        Cells::All => knocks.len() == starts.len(),
+        Cells::Saved => knocks.len() >= starts.len(),
+    };
+    if starts.is_empty() || !paired {
         bail!(
             "the capture holds {} knocks on port {MARK_PORT} for {} workloads; \
              its clock cannot be tied to the host's",
@@ -212,6 +229,15 @@ fn clock_offset(frames: &[Frame], cells: &[Cell]) -> Result<f64> {
     }
     let mut differences: Vec<f64> = knocks.iter().zip(&starts).map(|(k, s)| k - s).collect();
     differences.sort_by(f64::total_cmp);
+    // The two clocks drift apart by far less than this over a run; knocks paired with the
+    // wrong windows land whole workloads apart.
+    let spread = differences[differences.len() - 1] - differences[0];
+    if spread > MAX_OFFSET_SPREAD {
+        bail!(
+            "the knocks on port {MARK_PORT} do not pair up with the workloads' windows: \
+             their offsets spread over {spread:.1} s"
+        );
+    }
     Ok(differences[differences.len() / 2])
 }
 
@@ -720,6 +746,7 @@ mod tests {
             results: BTreeMap::new(),
             errors: BTreeMap::new(),
             windows: windows.iter().copied().collect(),
+            hrh_cpu: BTreeMap::new(),
             seconds: 0.0,
         };
         let cells = [
@@ -729,19 +756,41 @@ mod tests {
                 ("hid-ping", [2.2, 2.3]),
             ]),
         ];
-        let splits = split(&pcap, &cells).unwrap();
+        let splits = split(&pcap, &cells, Cells::All).unwrap();
         assert_eq!(splits.len(), 1, "{splits:?}");
         assert_eq!(splits[0].workload, "serial-back-to-back");
         assert_eq!(splits[0].transactions, 1);
         assert!((splits[0].hrh_us.p50 - 30_000.0).abs() < 1.0, "{splits:?}");
         assert!((splits[0].isp_us.p50 - 10_000.0).abs() < 1.0, "{splits:?}");
 
+        // A run stopped inside a cell it did not save: its knocks come last and are left,
+        // but only for the cells a stopped run saved.
+        let mut stopped = pcap.clone();
+        record(&mut stopped, 3.0, &knock(50004));
+        let again = split(&stopped, &cells, Cells::Saved).unwrap();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!((again[0].hrh_us.p50 - 30_000.0).abs() < 1.0, "{again:?}");
+        assert!(split(&stopped, &cells, Cells::All).is_err());
+
         // A knock missing: no guessing.
-        let e = split(&capture(&exchange), &cells).unwrap_err();
+        let e = split(&capture(&exchange), &cells, Cells::All).unwrap_err();
         assert!(
             e.to_string().contains("0 knocks on port 9 for 3 workloads"),
             "{e}"
         );
+
+        // A stray knock shifts every pairing after it onto another workload: refused.
+        let spaced = [cell(&[
+            ("disk-write", [10.0, 19.0]),
+            ("disk-read", [20.0, 29.0]),
+            ("hid-ping", [30.0, 31.0]),
+        ])];
+        let mut stray = capture(&exchange);
+        for (t, port) in [(10.4, 50001), (15.0, 50009), (20.4, 50002), (30.4, 50003)] {
+            record(&mut stray, t, &knock(port));
+        }
+        let e = split(&stray, &spaced, Cells::Saved).unwrap_err();
+        assert!(e.to_string().contains("do not pair up"), "{e}");
     }
 
     #[test]

@@ -9,13 +9,17 @@
 //! * `workloads`: running `vusb-probe` in a guest and reading its results;
 //! * `runner`: the run itself, with its progress lines;
 //! * `report`: the results as JSON and markdown;
-//! * `capture`: where each transaction's time went, from a capture of the HRH's packets.
+//! * `capture`: where each transaction's time went, from a capture of the HRH's packets;
+//! * `hrh_cpu`: what the HRH's CPU and its USB/IP server did during each workload;
+//! * `profile`: where the HRH's CPU went, sampled by perf.
 //!
 //! `vusb-linkbench` (tests/src/bin) drives it; docs/link-benchmarks.md explains it.
 
 pub mod capture;
+pub mod hrh_cpu;
 pub mod paths;
 pub mod plan;
+pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod workloads;

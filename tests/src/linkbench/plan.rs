@@ -97,6 +97,17 @@ impl Plan {
     }
 }
 
+/// What a run records besides the measurements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Options {
+    /// The HRH's packets, split into where each transaction's time went (`capture.md`,
+    /// `capture.json`, see [`super::capture`]).
+    pub capture: bool,
+    /// Where the HRH's CPU goes during the round trips and the pendrive's workloads
+    /// (`profiles/`, see [`super::profile`]). Sampling costs the HRH CPU.
+    pub profile: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

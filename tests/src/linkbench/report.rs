@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::hrh_cpu::HrhCpu;
+use super::plan::Options;
 use super::workloads::Workload;
 use super::{PathKind, Plan};
 
@@ -17,6 +20,8 @@ pub struct Results {
     pub machine: BTreeMap<&'static str, String>,
     /// What was measured, the links' parameters included.
     pub plan: Plan,
+    /// What was recorded besides.
+    pub recorded: Options,
     pub paths: Vec<PathSummary>,
     pub cells: Vec<Cell>,
 }
@@ -39,11 +44,52 @@ pub struct Cell {
     /// When each workload ran: its first and last instant, in seconds since the Unix epoch
     /// (the clock of a network capture, [`super::capture`]).
     pub windows: BTreeMap<&'static str, [f64; 2]>,
+    /// What the HRH's CPU did during each workload.
+    pub hrh_cpu: BTreeMap<&'static str, HrhCpu>,
     /// Wall time of the whole cell, guest boot included.
     pub seconds: f64,
 }
 
 impl Cell {
+    /// A cell read back from `results.json`, with what a capture's split needs: its path,
+    /// its link and its windows.
+    pub fn from_saved(v: &Value) -> Result<Cell> {
+        let name = v["path"].as_str().context("a cell without a path")?;
+        let path = PathKind::by_name(name).with_context(|| format!("unknown path {name:?}"))?;
+        let link = match v["link"].as_str() {
+            None => None,
+            Some(n) => Some(
+                crate::link::LINKS
+                    .iter()
+                    .find(|l| l.name == n)
+                    .with_context(|| format!("unknown link {n:?}"))?
+                    .name,
+            ),
+        };
+        let mut windows = BTreeMap::new();
+        if let Some(saved) = v["windows"].as_object() {
+            for (name, w) in saved {
+                let workload = Workload::ALL
+                    .into_iter()
+                    .find(|w| w.name() == name)
+                    .with_context(|| format!("unknown workload {name:?}"))?;
+                let (Some(from), Some(to)) = (w[0].as_f64(), w[1].as_f64()) else {
+                    bail!("the window of {name} is not two numbers: {w}");
+                };
+                windows.insert(workload.name(), [from, to]);
+            }
+        }
+        Ok(Cell {
+            path,
+            link,
+            results: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            windows,
+            hrh_cpu: BTreeMap::new(),
+            seconds: v["seconds"].as_f64().unwrap_or_default(),
+        })
+    }
+
     /// A number in a workload's result, by its dotted path (`rtt_stats_us.p50`).
     fn metric(&self, w: Workload, path: &str) -> Option<f64> {
         let mut v = self.results.get(w.name())?;
@@ -89,6 +135,13 @@ impl Results {
             p.stream_interval_ms,
             if p.quick { " (quick run)" } else { "" }
         );
+        if self.recorded.profile {
+            let _ = writeln!(
+                s,
+                "**Profiled run**: perf sampled the HRH during some workloads, at a cost in \
+                 the HRH's CPU. Compare its paths with each other, not with other runs.\n"
+            );
+        }
         let _ = writeln!(
             s,
             "| link | rate | RTT | jitter | loss |\n|---|---:|---:|---:|---:|"
@@ -171,6 +224,34 @@ impl Results {
                 ms(c, w, "jitter_us"),
             );
         }
+        let _ = writeln!(
+            s,
+            "\n## The HRH's CPU\n\nThe USB/IP server's run time and the whole HRH's busy time \
+             (its one CPU), per round trip (ms) and per MiB of the pendrive (ms).\n\n\
+             | link | path | serial server | serial HRH | HID server | HID HRH | \
+             write server | write HRH | read server | read HRH |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for c in &self.cells {
+            let mut row = cell_label(c);
+            for w in [
+                Workload::SerialBackToBack,
+                Workload::HidPing,
+                Workload::DiskWrite,
+                Workload::DiskRead,
+            ] {
+                let cpu = c.hrh_cpu.get(w.name());
+                let n = self.units(c, w).filter(|&n| n > 0.0);
+                let share = |ms: Option<f64>| fmt(ms.zip(n).map(|(ms, n)| ms / n), 2);
+                let _ = write!(
+                    row,
+                    " | {} | {}",
+                    share(cpu.and_then(|c| c.server_ms)),
+                    share(cpu.map(|c| c.busy_ms))
+                );
+            }
+            let _ = writeln!(s, "| {row} |");
+        }
         let failed: Vec<&Cell> = self.cells.iter().filter(|c| !c.errors.is_empty()).collect();
         if !failed.is_empty() {
             let _ = writeln!(s, "\n## Failures\n");
@@ -184,8 +265,49 @@ impl Results {
         s
     }
 
+    /// What `w`'s CPU time is shared out over in the tables: its round trips, or the MiB
+    /// the pendrive moved.
+    fn units(&self, c: &Cell, w: Workload) -> Option<f64> {
+        match w {
+            Workload::DiskWrite | Workload::DiskRead => Some(f64::from(self.plan.disk_mib)),
+            _ => c.metric(w, "rtt_stats_us.count"),
+        }
+    }
+
     /// Whether every workload of every cell succeeded.
     pub fn all_ok(&self) -> bool {
         self.cells.iter().all(|c| c.errors.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_cell_reads_back_with_its_path_link_and_windows() {
+        let cell = Cell {
+            path: PathKind::Mixed,
+            link: Some("metro"),
+            results: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            windows: [("hid-ping", [1.5, 2.5])].into_iter().collect(),
+            hrh_cpu: BTreeMap::new(),
+            seconds: 7.0,
+        };
+        let saved = serde_json::to_value(&cell).unwrap();
+        let back = Cell::from_saved(&saved).unwrap();
+        assert_eq!(
+            (back.path, back.link, &back.windows, back.seconds),
+            (cell.path, cell.link, &cell.windows, 7.0)
+        );
+
+        let mut odd = saved.clone();
+        odd["link"] = "mars".into();
+        let e = Cell::from_saved(&odd).unwrap_err();
+        assert!(e.to_string().contains("unknown link \"mars\""), "{e}");
+        let mut odd = saved;
+        odd["windows"]["hid-ping"] = "soon".into();
+        assert!(Cell::from_saved(&odd).is_err());
     }
 }

@@ -11,12 +11,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::capture;
+use super::hrh_cpu;
 use super::paths::{self, Devices};
+pub use super::plan::Options;
+use super::profile;
 use super::report::{Cell, PathSummary, Results};
 use super::workloads::{self, Workload};
 use super::{PathKind, Plan};
 use crate::hrh::{Hrh, HrhConfig};
 use crate::link::Link;
+use crate::remote::Remote;
 use crate::util::unix_now;
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -61,17 +65,22 @@ impl Progress {
 /// The file a run with `capture` records the HRH's packets into, in its output folder.
 pub const CAPTURE_FILE: &str = "hrh-nic.pcap";
 
-/// Runs `plan`, writing `results.json` and `results.md` into `out` as it goes. With
-/// `capture`, the HRH's packets are recorded too and split into where each transaction's
-/// time went (`capture.md`, `capture.json`).
-pub fn run(plan: &Plan, out: &Path, capture: bool) -> Result<Results> {
+/// Runs `plan`, writing `results.json` and `results.md` into `out` as it goes, and what
+/// `options` ask for.
+pub fn run(plan: &Plan, out: &Path, options: Options) -> Result<Results> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if options.profile {
+        profile::check_available()?;
+        let dir = out.join("profiles");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let cells = plan.cells();
     let mut progress = Progress::new(cells.len());
     let mut results = Results {
         started: first_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         machine: machine(),
         plan: plan.clone(),
+        recorded: options,
         paths: plan
             .paths
             .iter()
@@ -89,12 +98,16 @@ pub fn run(plan: &Plan, out: &Path, capture: bool) -> Result<Results> {
         .with_probe()
         // The image lives in the HRH's memory; a little beyond what is written.
         .storage_mib(plan.disk_mib + 8);
-    if capture {
+    if options.capture {
         config = config.capture(&out.join(CAPTURE_FILE));
+    }
+    if options.profile {
+        config = config.with_host_tool(Path::new(profile::PERF));
     }
     let mut hrh = Hrh::boot(config)?;
     let devices = Devices::find(&hrh.wait_ready(BOOT)?)?;
 
+    let setting = Setting { plan, options, out };
     let mut shaped: Option<Link> = None;
     for (link, kind) in cells {
         if link != shaped {
@@ -108,12 +121,11 @@ pub fn run(plan: &Plan, out: &Path, capture: bool) -> Result<Results> {
             shaped = link;
         }
         let cell = run_cell(
-            plan,
+            &setting,
             &mut hrh,
             &devices,
             link.as_ref(),
             kind,
-            capture,
             &mut progress,
         );
         results.cells.push(cell);
@@ -121,27 +133,58 @@ pub fn run(plan: &Plan, out: &Path, capture: bool) -> Result<Results> {
         write(&results, out)?;
     }
     hrh.finish(Duration::from_secs(60))?;
-    if capture {
+    if options.capture {
         progress.say("splitting the captured transactions");
-        let pcap = std::fs::read(out.join(CAPTURE_FILE))
-            .with_context(|| format!("reading {}", out.join(CAPTURE_FILE).display()))?;
-        let split = capture::split(&pcap, &results.cells)?;
-        std::fs::write(
-            out.join("capture.json"),
-            serde_json::to_string_pretty(&split)?,
-        )?;
-        std::fs::write(out.join("capture.md"), capture::markdown(&split))?;
+        split_capture(out, &results.cells, capture::Cells::All)?;
     }
     Ok(results)
 }
 
+/// Splits the capture of an earlier run in `out` again, from its `results.json`: for a run
+/// that was stopped before it got that far (every finished cell is in the file).
+pub fn split_saved_capture(out: &Path) -> Result<()> {
+    let path = out.join("results.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let saved: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let cells = saved["cells"]
+        .as_array()
+        .with_context(|| format!("{} has no cells", path.display()))?
+        .iter()
+        .map(Cell::from_saved)
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("reading the cells of {}", path.display()))?;
+    split_capture(out, &cells, capture::Cells::Saved)
+}
+
+/// Splits the transactions in `out`'s capture (`capture.json`, `capture.md`).
+fn split_capture(out: &Path, cells: &[Cell], which: capture::Cells) -> Result<()> {
+    let file = out.join(CAPTURE_FILE);
+    let pcap = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let split = capture::split(&pcap, cells, which)?;
+    std::fs::write(
+        out.join("capture.json"),
+        serde_json::to_string_pretty(&split)?,
+    )?;
+    std::fs::write(out.join("capture.md"), capture::markdown(&split))?;
+    Ok(())
+}
+
+/// What every cell of a run shares.
+struct Setting<'a> {
+    plan: &'a Plan,
+    options: Options,
+    /// The output folder.
+    out: &'a Path,
+}
+
 fn run_cell(
-    plan: &Plan,
+    setting: &Setting,
     hrh: &mut Hrh,
     devices: &Devices,
     link: Option<&Link>,
     kind: PathKind,
-    capture: bool,
     progress: &mut Progress,
 ) -> Cell {
     let started = Instant::now();
@@ -152,6 +195,7 @@ fn run_cell(
         results: BTreeMap::new(),
         errors: BTreeMap::new(),
         windows: BTreeMap::new(),
+        hrh_cpu: BTreeMap::new(),
         seconds: 0.0,
     };
     progress.say(&format!("{label}: bringing the path up"));
@@ -173,28 +217,90 @@ fn run_cell(
     };
     for w in Workload::ALL {
         progress.say(&format!("{label}: {}", w.name()));
-        // With a capture, the window's start is also a mark in it (see `capture`).
-        let began = if capture {
-            hrh.mark().unwrap_or_else(|_| unix_now())
-        } else {
-            unix_now()
-        };
-        let outcome = workloads::run(w, plan, hrh.remote(), attached.guest.as_mut());
-        cell.windows.insert(w.name(), [began, unix_now()]);
-        if let Some(v) = outcome.result {
-            progress.say(&format!("{label}: {} {}", w.name(), headline(&v)));
-            cell.results.insert(w.name(), v);
-        }
-        if let Some(e) = outcome.error {
-            progress.say(&format!("{label}: {} FAILED: {e}", w.name()));
-            cell.errors.insert(w.name(), e);
-        }
+        measure(
+            setting,
+            hrh,
+            attached.guest.as_mut(),
+            &mut cell,
+            w,
+            progress,
+        );
     }
     if let Err(e) = paths::detach(attached, hrh) {
         cell.errors.insert("teardown", format!("{e:#}"));
     }
     cell.seconds = started.elapsed().as_secs_f64();
     cell
+}
+
+/// Runs workload `w` of `cell` and records its result, with what `setting` asks to record
+/// around it.
+fn measure(
+    setting: &Setting,
+    hrh: &mut Hrh,
+    guest: Option<&mut Remote>,
+    cell: &mut Cell,
+    w: Workload,
+    progress: &mut Progress,
+) {
+    let label = format!("{} {}", cell.link.unwrap_or("–"), cell.path.name());
+    let profiling = setting.options.profile
+        && profile::PROFILED.contains(&w)
+        && match profile::start(hrh.remote()) {
+            Ok(()) => true,
+            Err(e) => {
+                profile_failed(cell, w, &e);
+                false
+            }
+        };
+    // With a capture, the window's start is also a mark in it (see `capture`).
+    let began = if setting.options.capture {
+        hrh.mark().unwrap_or_else(|_| unix_now())
+    } else {
+        unix_now()
+    };
+    let cpu_before = hrh_cpu_snapshot(hrh);
+    let outcome = workloads::run(w, setting.plan, hrh.remote(), guest);
+    cell.windows.insert(w.name(), [began, unix_now()]);
+    let cpu_after = hrh_cpu_snapshot(hrh);
+    if profiling {
+        let report = profile::report_path(setting.out, cell.link, cell.path.name(), w);
+        let saved = profile::stop(hrh.remote()).and_then(|text| {
+            std::fs::write(&report, text).with_context(|| format!("writing {}", report.display()))
+        });
+        if let Err(e) = saved {
+            profile_failed(cell, w, &e);
+        }
+    }
+    if let Some(v) = outcome.result {
+        progress.say(&format!("{label}: {} {}", w.name(), headline(&v)));
+        cell.results.insert(w.name(), v);
+        // Only beside a result: what a failed workload cost says nothing.
+        if let Some(cpu) = cpu_before.zip(cpu_after).and_then(|(b, a)| b.until(&a)) {
+            cell.hrh_cpu.insert(w.name(), cpu);
+        }
+    }
+    if let Some(e) = outcome.error {
+        progress.say(&format!("{label}: {} FAILED: {e}", w.name()));
+        cell.errors.insert(w.name(), e);
+    }
+}
+
+/// Records that profiling `w` failed (the first such failure of the cell).
+fn profile_failed(cell: &mut Cell, w: Workload, e: &anyhow::Error) {
+    cell.errors
+        .entry("profile")
+        .or_insert_with(|| format!("{}: {e:#}", w.name()));
+}
+
+/// The HRH's CPU counters now; `None` if they cannot be read (the figures are then left
+/// out, and the measurement stands).
+fn hrh_cpu_snapshot(hrh: &mut Hrh) -> Option<hrh_cpu::Snapshot> {
+    let out = hrh
+        .remote()
+        .run(hrh_cpu::SNAPSHOT, Duration::from_secs(30))
+        .ok()?;
+    hrh_cpu::Snapshot::parse(&out.lines)
 }
 
 /// The number a reader wants first from a result.
