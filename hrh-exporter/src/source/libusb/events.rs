@@ -14,9 +14,12 @@
 //! timeout): the integration libusb documents for programs with a main
 //! loop of their own. Opening or closing a device changes the descriptors
 //! and signals libusb's event descriptor, so after each round the task
-//! reads them again. The reactor reports edges, and libusb reaps at most a
-//! few dozen URBs of a device per round: a descriptor still ready after a
-//! round gets another one at once.
+//! reads them again. The reactor reports edges, and libusb reaps at most
+//! [`REAPS_PER_ROUND`] URBs of a device per round: after a round that
+//! completed that many, a descriptor still ready gets another round at
+//! once. After a smaller round no device can have been left with
+//! completions, and the check (a `poll` system call, on every round trip of
+//! a serial dongle) is skipped.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -33,6 +36,8 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tracing::warn;
 
+use super::transfer;
+
 /// How soon to try again when another thread holds libusb's event lock.
 /// That thread (a synchronous request) handles our completions too while it
 /// holds the lock, but may let go before it has seen the newest one.
@@ -42,6 +47,11 @@ const LOCK_RETRY: Duration = Duration::from_millis(1);
 /// reactor (never seen with Linux's usbfs, kept so that such a descriptor
 /// costs latency, not URBs).
 const FALLBACK_TICK: Duration = Duration::from_millis(5);
+
+/// The most URBs libusb's Linux back end reaps from one device in one round
+/// of event handling (`op_handle_events` in libusb 1.0.26: the first, then
+/// up to 25 more).
+const REAPS_PER_ROUND: u64 = 26;
 
 /// Runs libusb's event handling for one context on the runtime until
 /// dropped.
@@ -78,6 +88,7 @@ impl Drop for EventLoop {
 async fn run(context: rusb::Context, stop: Arc<Stop>) {
     let mut watched = Watched::default();
     while !stop.requested.load(Ordering::Acquire) {
+        let completed_before = transfer::completed_so_far();
         if let Some(changed) = handle_pending(&context, &watched.fds).await {
             // The old registrations go first. Then handle once more: what
             // became ready in between raised no edge the reactor saw.
@@ -85,7 +96,11 @@ async fn run(context: rusb::Context, stop: Arc<Stop>) {
             watched = Watched::register(changed);
             continue;
         }
-        if watched.still_pending() {
+        // Completions counted from elsewhere too (a synchronous request on
+        // another thread handles events as well) only make this check
+        // happen more often than needed, never less.
+        let completed = transfer::completed_so_far() - completed_before;
+        if completed >= REAPS_PER_ROUND && watched.still_pending() {
             // libusb reaps a bounded number of URBs per device and round;
             // the rest raise no new edge. Let the connections send what
             // this round completed, then take the next batch.

@@ -20,6 +20,7 @@
 
 use std::ffi::{c_int, c_uint};
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -326,6 +327,15 @@ pub fn compact_iso(
     (Bytes::from(data), out)
 }
 
+/// Transfers completed so far, by every context: the event loop tells from
+/// it whether a round of event handling may have left completions behind.
+static COMPLETED: AtomicU64 = AtomicU64::new(0);
+
+/// How many transfers have completed (their callbacks run) so far.
+pub fn completed_so_far() -> u64 {
+    COMPLETED.load(Ordering::Acquire)
+}
+
 /// What the completion callback owns while libusb runs a transfer.
 struct Pending {
     device: Arc<Shared>,
@@ -463,6 +473,7 @@ unsafe fn iso_descriptors(t: *mut ffi::libusb_transfer) -> *mut ffi::libusb_iso_
 
 /// libusb's completion callback, run where libusb handles events (see `events`).
 extern "system" fn transfer_done(transfer: *mut ffi::libusb_transfer) {
+    COMPLETED.fetch_add(1, Ordering::AcqRel);
     // A panic must not unwind into libusb (it would abort the process).
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: libusb calls this once per submitted transfer, with the
