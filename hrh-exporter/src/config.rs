@@ -45,7 +45,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// How often to look for plugged and unplugged devices, in milliseconds.
+    /// How soon to look again for a device still settling or failing, in
+    /// milliseconds; and how often to look for plugged and unplugged
+    /// devices where the kernel's device events cannot be received.
     #[arg(long, value_name = "MS")]
     pub scan_interval_ms: Option<u64>,
 }

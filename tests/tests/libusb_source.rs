@@ -70,7 +70,9 @@ AUDIO=$(local_busid "$AUDIO_ID")
 echo "BUSIDS acm=$ACM storage=$STORAGE hid=$HID audio=$AUDIO"
 hrh-exporter list 2>&1 | sed 's/^/DEVLIST| /'
 
-RUST_LOG=info NO_COLOR=1 hrh-exporter --listen 127.0.0.1:3240 --scan-interval-ms 500 \
+# Plugging and unplugging must be noticed from the kernel's device events: looking on a
+# timer only once an hour would come far too late for the waits below.
+RUST_LOG=info NO_COLOR=1 hrh-exporter --listen 127.0.0.1:3240 --scan-interval-ms 3600000 \
     --device 1209:000a --device 1209:000b --device 1209:000c --device "$AUDIO_ID" \
     >/tmp/exporter.log 2>&1 &
 EXPORTER=$!

@@ -18,6 +18,7 @@ mod discovery;
 mod events;
 mod handle;
 mod transfer;
+mod uevents;
 mod watch;
 
 pub use discovery::{usbip_speed, FoundDevice, LibusbSource, Selector};

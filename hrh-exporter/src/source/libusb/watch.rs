@@ -1,17 +1,21 @@
 //! Hot-plug by polling: devices that match the selectors are exported when
 //! they appear and withdrawn when they go.
 //!
-//! Polling rather than libusb's hot-plug callbacks: those rely on udevd's
-//! events, and small gateways (and the test guests) run no udevd.
+//! Not libusb's hot-plug callbacks: those rely on udevd's events, and small
+//! gateways (and the test guests) run no udevd. The watcher listens to the
+//! kernel's own device events instead (`uevents`) and looks when a USB
+//! device came or went; where those cannot be received it looks every scan
+//! interval.
 //!
-//! A poll first reads a cheap fingerprint of sysfs and scans through libusb
-//! only when it changed. A scan creates and enumerates a fresh libusb
-//! context: on a 1-CPU gateway under emulation it took about 300 ms of CPU,
-//! and every second that was a third of the machine taken from the
-//! transfers being exported.
+//! A look first reads a fingerprint of sysfs and scans through libusb only
+//! when it changed. A scan creates and enumerates a fresh libusb context:
+//! on a 1-CPU gateway under emulation it took about 300 ms of CPU, and
+//! every second that was a third of the machine taken from the transfers
+//! being exported.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,18 +24,19 @@ use tracing::{info, warn};
 
 use super::discovery::{sysfs_fingerprint, Fingerprint, FoundDevice, LibusbSource, Selector};
 use super::handle::LibusbDevice;
+use super::uevents::UeventSocket;
 use crate::registry::Registry;
 
 /// Stops the watcher when dropped (and waits for it).
 #[derive(Debug)]
 pub struct WatchHandle {
-    stop: Option<mpsc::Sender<()>>,
+    /// Closing our end wakes the watcher, which waits on the other.
+    stop: Option<UnixStream>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
-        // Disconnecting the channel wakes the watcher from its sleep.
         self.stop.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -57,16 +62,26 @@ pub fn watch(
         scan_failing: false,
         gate: ScanGate::default(),
     };
+    // Opened before the first look: a device plugged in meanwhile is news.
+    let uevents = UeventSocket::open()
+        .inspect_err(|e| {
+            warn!("cannot receive the kernel's device events ({e}); looking for USB devices every {interval:?}");
+        })
+        .ok();
     watcher.poll();
-    let (stop, stopped) = mpsc::channel::<()>();
+    let (stop, stopped) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!("cannot start the USB hot-plug watcher ({e}): devices plugged in later will not be exported");
+            return WatchHandle {
+                stop: None,
+                thread: None,
+            };
+        }
+    };
     let thread = std::thread::Builder::new()
         .name("usb-watch".into())
-        .spawn(move || {
-            // Ends when the handle's sender is dropped (Disconnected).
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                watcher.poll();
-            }
-        });
+        .spawn(move || run(watcher, uevents, &stopped, interval));
     let thread = match thread {
         Ok(thread) => Some(thread),
         Err(e) => {
@@ -77,6 +92,75 @@ pub fn watch(
     WatchHandle {
         stop: Some(stop),
         thread,
+    }
+}
+
+/// Looks whenever the kernel reports a USB device added or removed (or
+/// every `interval` without its reports), and every `interval` while a look
+/// is due for other reasons, until `stopped` is readable (its peer closed).
+fn run(
+    mut watcher: Watcher,
+    mut uevents: Option<UeventSocket>,
+    stopped: &UnixStream,
+    interval: Duration,
+) {
+    loop {
+        let timeout = (uevents.is_none() || watcher.look_due()).then_some(interval);
+        match wait(stopped, uevents.as_ref(), timeout) {
+            Wake::Stop => return,
+            Wake::Timeout => watcher.poll(),
+            Wake::Uevent => {
+                let Some(socket) = &uevents else { continue };
+                match socket.drain() {
+                    Ok(news) if news.usb_changed || news.lost => watcher.poll(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!("cannot read the kernel's device events ({e}); looking for USB devices every {interval:?}");
+                        uevents = None;
+                        watcher.poll();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Stop,
+    Uevent,
+    Timeout,
+}
+
+/// Waits for the stop signal, an uevent or `timeout` (`None`: no timeout).
+fn wait(stopped: &UnixStream, uevents: Option<&UeventSocket>, timeout: Option<Duration>) -> Wake {
+    let mut fds = vec![libc::pollfd {
+        fd: stopped.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    if let Some(socket) = uevents {
+        fds.push(libc::pollfd {
+            fd: socket.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    let timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: `fds` is a valid array of `fds.len()` entries for the
+    // duration of the call, and its descriptors are open (borrowed from
+    // `stopped` and `uevents`, which outlive the call).
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ready < 0 {
+        // EINTR: look, as a timeout would; nothing is lost by looking.
+        return Wake::Timeout;
+    }
+    if fds[0].revents != 0 {
+        Wake::Stop
+    } else if fds.get(1).is_some_and(|f| f.revents != 0) {
+        Wake::Uevent
+    } else {
+        Wake::Timeout
     }
 }
 
@@ -125,10 +209,20 @@ impl ScanGate {
 }
 
 impl Watcher {
+    /// A device that failed its transfers (gone) is withdrawn by a scan
+    /// even if sysfs has not noticed; a failing scan is retried.
+    fn must_scan(&self) -> bool {
+        self.scan_failing || self.exported.values().any(|d| d.is_gone())
+    }
+
+    /// Whether to look again after the interval even without news from the
+    /// kernel.
+    fn look_due(&self) -> bool {
+        self.gate.settling > 0 || self.must_scan()
+    }
+
     fn poll(&mut self) {
-        // A device that failed its transfers (gone) is withdrawn by a scan
-        // even if sysfs has not noticed; a failing scan is retried.
-        let must = self.scan_failing || self.exported.values().any(|d| d.is_gone());
+        let must = self.must_scan();
         if !self.gate.should_scan(sysfs_fingerprint(), must) {
             return;
         }
