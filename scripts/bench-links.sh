@@ -12,17 +12,21 @@
 #   scripts/bench-links.sh --paths stock,ours-virtio --links metro
 #   scripts/bench-links.sh --out DIR             default: bench-results/links-<date>[-quick]
 #   scripts/bench-links.sh --quick --capture     also split each transaction at the HRH's NIC
+#   scripts/bench-links.sh --quick --profile     also sample the HRH's CPU with perf
+#   scripts/bench-links.sh --quick --round-trips 200   more round trips per series
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ARGS=() OUT= SUFFIX=
+ARGS=() OUT= SUFFIX= PROFILE=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) ARGS+=(--quick) SUFFIX=-quick ;;
         --capture) ARGS+=(--capture) ;;
+        --profile) ARGS+=(--profile) PROFILE=1 ;;
         --paths|--links) ARGS+=("$1" "${2:?$1 needs a list}"); shift ;;
+        --round-trips) ARGS+=("$1" "${2:?$1 needs a number}"); shift ;;
         --out) OUT=${2:?--out needs a directory}; shift ;;
-        *) echo "usage: scripts/bench-links.sh [--quick] [--capture] [--paths P,..] [--links L,..] [--out DIR]" >&2
+        *) echo "usage: scripts/bench-links.sh [--quick] [--capture] [--profile] [--round-trips N] [--paths P,..] [--links L,..] [--out DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -39,6 +43,13 @@ if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
     [ "$(id -u)" -eq 0 ] || SUDO=sudo
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         python3-matplotlib >/dev/null
+fi
+# --profile runs the host's perf inside the HRH guest.
+if [ -n "$PROFILE" ] && [ ! -x /usr/bin/perf ]; then
+    SUDO=
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        linux-perf >/dev/null
 fi
 
 step "building (release)"

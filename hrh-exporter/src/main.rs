@@ -99,6 +99,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The process's name in `top`, `perf` and schedstat, not tokio's.
+        .thread_name("hrh-exporter")
         .build()?;
     // Devices opened from here on complete their transfers on the runtime.
     let _runtime_context = runtime.enter();

@@ -22,6 +22,11 @@ struct Args {
     /// Only these links (comma-separated), by name.
     #[arg(long, value_delimiter = ',')]
     links: Vec<String>,
+    /// Round trips in each serial series and through the HID device, instead of the
+    /// plan's 300 (20 with --quick). Comparing servers' CPU per round trip wants a few
+    /// hundred: a workload's fixed costs are spread over them.
+    #[arg(long, value_name = "N")]
+    round_trips: Option<u32>,
     /// Also record the HRH's packets (DIR/hrh-nic.pcap) and split each serial, HID and
     /// SCSI transaction into the HRH's part and the ISP's part (DIR/capture.md). Best with
     /// --quick: the capture holds every byte the pendrive moves.
@@ -34,7 +39,7 @@ struct Args {
     profile: bool,
     /// Measure nothing: split the capture of an earlier --capture run in DIR again, from its
     /// results.json (for a run stopped before it got that far).
-    #[arg(long, conflicts_with_all = ["quick", "paths", "links", "capture", "profile"])]
+    #[arg(long, conflicts_with_all = ["quick", "paths", "links", "round_trips", "capture", "profile"])]
     split_capture: bool,
     /// Where results.json and results.md go.
     #[arg(long, value_name = "DIR")]
@@ -64,6 +69,9 @@ fn main() -> Result<()> {
     }
     if !args.links.is_empty() {
         plan = plan.only_links(&args.links)?;
+    }
+    if let Some(n) = args.round_trips {
+        plan = plan.with_round_trips(n)?;
     }
     let options = runner::Options {
         capture: args.capture,

@@ -25,6 +25,9 @@ pub struct Plan {
     pub quick: bool,
 }
 
+/// More round trips than any comparison needs (100,000 at 1 Hz is a day).
+const MAX_ROUND_TRIPS: u32 = 100_000;
+
 impl Plan {
     /// The run: 64 MiB, 300 round trips at 1 Hz and back to back, every path over
     /// every link. It takes a good hour and a half under TCG.
@@ -66,6 +69,18 @@ impl Plan {
             }
         }
         self.paths.retain(|p| names.iter().any(|n| n == p.name()));
+        Ok(self)
+    }
+
+    /// `n` round trips in each serial series and through the HID device, instead of the
+    /// plan's own: a quick run's 20 are too few to spread a workload's fixed costs over,
+    /// when comparing servers' CPU per round trip.
+    pub fn with_round_trips(mut self, n: u32) -> Result<Self> {
+        if !(1..=MAX_ROUND_TRIPS).contains(&n) {
+            bail!("round trips must be between 1 and {MAX_ROUND_TRIPS}, not {n}");
+        }
+        self.pings = n;
+        self.hid_pings = n;
         Ok(self)
     }
 
@@ -131,5 +146,16 @@ mod tests {
         let e = Plan::quick().only_paths(&["nope".into()]).unwrap_err();
         assert!(e.to_string().contains("the paths are local, stock"), "{e}");
         assert!(Plan::quick().only_links(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn the_round_trips_can_be_set_within_bounds() {
+        let plan = Plan::quick().with_round_trips(200).unwrap();
+        assert_eq!((plan.pings, plan.hid_pings), (200, 200));
+        assert_eq!(plan.disk_mib, Plan::quick().disk_mib);
+        for bad in [0, MAX_ROUND_TRIPS + 1] {
+            let e = Plan::quick().with_round_trips(bad).unwrap_err();
+            assert!(e.to_string().contains("between 1 and"), "{e}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Where the HRH's CPU goes during a workload: Linux's `perf` in the HRH guest, sampling
 //! every CPU on its clock (`cpu-clock`, a software event: the emulated CPU has no counters)
-//! and reporting by process, object and symbol. `vusb-linkbench --profile`.
+//! with call chains, and reporting by process, by object and symbol, and, for the USB/IP
+//! server's threads, by function with what it calls (`--children`: the time behind each
+//! system call). `vusb-linkbench --profile`.
 //!
 //! The HRH runs Debian's kernel and the host Debian's user space, so the host's `perf` for
 //! that kernel goes into the HRH with its libraries. Sampling costs the HRH some CPU: a
@@ -30,6 +32,19 @@ pub const PROFILED: [Workload; 4] = [
 /// Samples per second on the HRH's CPU.
 const FREQUENCY: u32 = 997;
 
+/// perf report's orderings, each down to a share of the samples: by process; by process,
+/// object and symbol; and the USB/IP servers' functions with their callees. The servers'
+/// threads are hrh-exporter's runtime (its threads carry its name) and usbip-host's kernel
+/// threads.
+const REPORTS: [(&str, &str); 3] = [
+    ("--no-children --sort comm", "0.5"),
+    ("--no-children --sort comm,dso,sym", "0.3"),
+    (
+        "--children --sort sym --comms hrh-exporter,stub_rx,stub_tx",
+        "1",
+    ),
+];
+
 const DATA: &str = "/tmp/perf.data";
 const PID: &str = "/tmp/perf.pid";
 const LOG: &str = "/tmp/perf.log";
@@ -46,7 +61,7 @@ pub fn check_available() -> Result<()> {
 pub fn start(hrh: &mut Remote) -> Result<()> {
     hrh.check(
         &format!(
-            "rm -f {DATA}; perf record -a -F {FREQUENCY} -e cpu-clock -o {DATA} \
+            "rm -f {DATA}; perf record -a -g -F {FREQUENCY} -e cpu-clock -o {DATA} \
              >{LOG} 2>&1 & echo $! >{PID}"
         ),
         Duration::from_secs(30),
@@ -62,8 +77,7 @@ pub fn start(hrh: &mut Remote) -> Result<()> {
     Ok(())
 }
 
-/// Stops sampling in `hrh` and returns perf's report: the share of samples by process,
-/// then by process, object and symbol.
+/// Stops sampling in `hrh` and returns perf's reports ([`REPORTS`]).
 pub fn stop(hrh: &mut Remote) -> Result<String> {
     // perf writes its samples out when interrupted; one that must be killed leaves a
     // broken file, which is an error (with perf's log), not a report.
@@ -76,10 +90,10 @@ pub fn stop(hrh: &mut Remote) -> Result<String> {
     )
     .context("perf did not stop")?;
     let mut report = String::new();
-    for (sort, limit) in [("comm", "0.5"), ("comm,dso,sym", "0.3")] {
+    for (how, limit) in REPORTS {
         let out = hrh.check(
             &format!(
-                "perf report -i {DATA} --stdio --sort {sort} --percent-limit {limit} 2>&1 \
+                "perf report -i {DATA} --stdio -g none {how} --percent-limit {limit} 2>&1 \
                  | grep -v '^$'"
             ),
             Duration::from_secs(300),
