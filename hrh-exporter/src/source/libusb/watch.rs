@@ -95,9 +95,16 @@ pub fn watch(
     }
 }
 
+/// With the kernel's device events, how often to look anyway. In a
+/// container whose network namespace the kernel does not send them to, the
+/// socket opens all the same and then hears nothing; a look that finds no
+/// change costs a few milliseconds.
+const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
+
 /// Looks whenever the kernel reports a USB device added or removed (or
-/// every `interval` without its reports), and every `interval` while a look
-/// is due for other reasons, until `stopped` is readable (its peer closed).
+/// every `interval` without its reports), every `interval` while a look is
+/// due for other reasons, and at least every [`LOOK_AT_LEAST_EVERY`] (or
+/// `interval`, if longer), until `stopped` is readable (its peer closed).
 fn run(
     mut watcher: Watcher,
     mut uevents: Option<UeventSocket>,
@@ -105,7 +112,7 @@ fn run(
     interval: Duration,
 ) {
     loop {
-        let timeout = (uevents.is_none() || watcher.look_due()).then_some(interval);
+        let timeout = next_look(uevents.is_some(), watcher.look_due(), interval);
         match wait(stopped, uevents.as_ref(), timeout) {
             Wake::Stop => return,
             Wake::Timeout => watcher.poll(),
@@ -125,6 +132,15 @@ fn run(
     }
 }
 
+/// How long to wait for news before looking anyway.
+fn next_look(hears_events: bool, look_due: bool, interval: Duration) -> Duration {
+    if hears_events && !look_due {
+        interval.max(LOOK_AT_LEAST_EVERY)
+    } else {
+        interval
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Wake {
     Stop,
@@ -132,8 +148,8 @@ enum Wake {
     Timeout,
 }
 
-/// Waits for the stop signal, an uevent or `timeout` (`None`: no timeout).
-fn wait(stopped: &UnixStream, uevents: Option<&UeventSocket>, timeout: Option<Duration>) -> Wake {
+/// Waits for the stop signal, an uevent or `timeout`.
+fn wait(stopped: &UnixStream, uevents: Option<&UeventSocket>, timeout: Duration) -> Wake {
     let mut fds = vec![libc::pollfd {
         fd: stopped.as_raw_fd(),
         events: libc::POLLIN,
@@ -146,7 +162,7 @@ fn wait(stopped: &UnixStream, uevents: Option<&UeventSocket>, timeout: Option<Du
             revents: 0,
         });
     }
-    let timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: `fds` is a valid array of `fds.len()` entries for the
     // duration of the call, and its descriptors are open (borrowed from
     // `stopped` and `uevents`, which outlive the call).
@@ -352,6 +368,16 @@ mod tests {
         // Without sysfs every poll scans.
         assert!(gate.should_scan(None, false));
         assert!(gate.should_scan(None, false));
+    }
+
+    #[test]
+    fn with_device_events_the_watcher_looks_rarely_unless_a_look_is_due() {
+        let second = Duration::from_secs(1);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(next_look(true, false, second), LOOK_AT_LEAST_EVERY);
+        assert_eq!(next_look(true, false, hour), hour);
+        assert_eq!(next_look(true, true, second), second);
+        assert_eq!(next_look(false, false, second), second);
     }
 
     #[test]
