@@ -267,7 +267,10 @@ const LISTENING: &str = r#"listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev
 /// The HRH sends `bytes` to the host through its forwarded port; the host times them from
 /// connecting to the end of the stream.
 fn send_from_hrh(hrh: &mut Hrh, bytes: u64) -> Result<Transfer> {
-    ensure!(bytes % BLOCK == 0, "{bytes} is not a number of blocks");
+    ensure!(
+        bytes.is_multiple_of(BLOCK),
+        "{bytes} is not a number of blocks"
+    );
     hrh.remote().check(
         &format!(
             "rm -f /tmp/tx.rc; {LISTENING}; \

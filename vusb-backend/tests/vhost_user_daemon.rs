@@ -178,7 +178,7 @@ fn data_flows_both_ways_with_many_requests_in_flight() {
         );
         seen[done.id as usize] = true;
         assert_eq!(done.resp.status, 0);
-        if done.id % 2 == 0 {
+        if done.id.is_multiple_of(2) {
             assert_eq!(done.resp.actual_length, 4096);
             assert!(done
                 .data

@@ -137,10 +137,10 @@ fn io_context(spec: &DiskSpec, what: &str, offset: u64) -> String {
 }
 
 pub fn run(spec: &DiskSpec) -> Result<DiskResult> {
-    if spec.block == 0 || spec.block % SECTOR != 0 {
+    if spec.block == 0 || !spec.block.is_multiple_of(SECTOR) {
         bail!("the block size must be a positive multiple of {SECTOR} bytes");
     }
-    if spec.bytes % SECTOR as u64 != 0 {
+    if !spec.bytes.is_multiple_of(SECTOR as u64) {
         bail!("the size must be a multiple of {SECTOR} bytes");
     }
     let mut file = open(spec)?;

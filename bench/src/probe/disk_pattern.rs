@@ -57,7 +57,7 @@ impl DiskPattern {
     /// Fills `buf` with the data that belongs at byte `offset`; both are
     /// whole sectors.
     pub fn fill(&self, offset: u64, buf: &mut [u8]) {
-        assert!(offset % SECTOR as u64 == 0 && buf.len() % SECTOR == 0);
+        assert!(offset.is_multiple_of(SECTOR as u64) && buf.len().is_multiple_of(SECTOR));
         for (n, sector) in buf.chunks_exact_mut(SECTOR).enumerate() {
             let at = offset + (n * SECTOR) as u64;
             sector[..HEADER].copy_from_slice(&self.header(at));
@@ -68,7 +68,7 @@ impl DiskPattern {
     /// The byte offset of the first sector of `buf` (read from `offset`)
     /// that is not what [`Self::fill`] puts there, if any.
     pub fn first_mismatch(&self, offset: u64, buf: &[u8]) -> Option<u64> {
-        assert!(offset % SECTOR as u64 == 0 && buf.len() % SECTOR == 0);
+        assert!(offset.is_multiple_of(SECTOR as u64) && buf.len().is_multiple_of(SECTOR));
         buf.chunks_exact(SECTOR)
             .enumerate()
             .find_map(|(n, sector)| {

@@ -510,7 +510,7 @@ impl Controller {
     /// less often so it cannot flood the log.
     fn complain(&mut self, what: &str) {
         self.complaints += 1;
-        if self.complaints <= 20 || self.complaints % 1000 == 0 {
+        if self.complaints <= 20 || self.complaints.is_multiple_of(1000) {
             warn!(
                 count = self.complaints,
                 "bad request from the guest: {what}"

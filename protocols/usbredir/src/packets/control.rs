@@ -151,7 +151,7 @@ pub(crate) fn decode(
     let body = match packet_type {
         t::HELLO => {
             let version = nul_terminated(&r.bytes::<VERSION_LEN>(), "version")?;
-            if data_len % 4 != 0 {
+            if !data_len.is_multiple_of(4) {
                 return Err(ProtoError::CapsLength(data_len));
             }
             Body::Hello(Hello {
