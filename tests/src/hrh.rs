@@ -252,6 +252,12 @@ hid_received() {
     echo "HID-RECEIVED=$(od -An -tx1 /tmp/hid.in | tr -d ' \n')"
 }
 
+# server_usbfs_mappings: how many of the server process's memory mappings are of usbfs
+# device files (hrh-exporter's transfer buffers, which the kernel uses without copying).
+server_usbfs_mappings() {
+    echo "USBFS-MAPPINGS=$(grep -c ' /dev/bus/usb/' "/proc/$(cat /tmp/server.pid)/maps")"
+}
+
 # storage_sha256 MIB: the hash of the first MIB MiB of the storage gadget's backing file.
 storage_sha256() {
     sync

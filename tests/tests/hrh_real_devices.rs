@@ -71,6 +71,9 @@ struct Notes {
     replug_to_listed: Duration,
     /// `usbip port`'s "remote bus/dev" per device name.
     remote_bus_dev: BTreeMap<String, String>,
+    /// The server's mappings of usbfs files after the storage step: hrh-exporter's
+    /// transfer buffers (usbipd, in the kernel, has none).
+    usbfs_mappings: u32,
 }
 
 impl PartialEq for Notes {
@@ -306,6 +309,11 @@ fn run_scenario(
         .remote()
         .check(&format!("storage_sha256 {STORAGE_MIB}"), STEP)?;
     let storage_in_backing_file = image.required("IMAGE-SHA256")? == written;
+    let usbfs_mappings = hrh
+        .remote()
+        .check("server_usbfs_mappings", STEP)?
+        .required("USBFS-MAPPINGS")?
+        .parse()?;
 
     // HID: an input report from the HRH's /dev/hidg0 to the client's /dev/hidraw0, and an
     // output report back.
@@ -444,6 +452,7 @@ fn run_scenario(
             unplug_to_gone,
             replug_to_listed,
             remote_bus_dev,
+            usbfs_mappings,
         },
     })
 }
@@ -534,6 +543,16 @@ fn assert_scenario_works(server: Server, devices: &[HrhDevice], seen: &Observed)
     Ok(())
 }
 
+/// hrh-exporter's bulk transfers ran in buffers mapped from usbfs, which the kernel uses
+/// without copying: the storage step's data, verified above, went through them.
+fn ensure_transfers_were_mapped(seen: &Observed) -> Result<()> {
+    ensure!(
+        seen.notes.usbfs_mappings > 0,
+        "hrh-exporter holds no usbfs mapping after the storage step: its transfers were copied"
+    );
+    Ok(())
+}
+
 /// Shuts both guests down; the HRH last, so that its WAV file is complete.
 fn shut_down(hrh: Hrh, client: Remote) -> Result<std::path::PathBuf> {
     let wav = hrh.wav_path().to_path_buf();
@@ -562,6 +581,7 @@ fn hrh_exporter_exports_real_devices() -> Result<()> {
     let seen = run_scenario(&mut hrh, &mut client, &devices, Server::HrhExporter, "100")?;
     let wav = shut_down(hrh, client)?;
     assert_scenario_works(Server::HrhExporter, &devices, &seen)?;
+    ensure_transfers_were_mapped(&seen)?;
     // Its devices are selected by bus id and looked for about once a second, so a dongle
     // plugged back in is offered again without anyone's help (usbipd needs `usbip bind`).
     ensure!(
@@ -583,6 +603,7 @@ fn usbipd_and_hrh_exporter_agree() -> Result<()> {
     let wav = shut_down(hrh, client)?;
     eprintln!("usbipd: {stock:#?}\nhrh-exporter: {ours:#?}");
     compare(&devices, &stock, &ours)?;
+    ensure_transfers_were_mapped(&ours)?;
     // Each server's run played a tone of its own sign.
     let (positive, negative) = wav_sample_signs(&wav)?;
     check_tone_reached(positive, AUDIO_SECONDS, "usbipd")?;

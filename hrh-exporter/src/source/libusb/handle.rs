@@ -2,6 +2,7 @@
 //! cancellation, unplug, and the requests Linux's usbip-host runs itself.
 
 use std::collections::HashMap;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,6 +16,7 @@ use usbip_proto::{errno, feature, request, SetupPacket};
 use super::descriptors::{build_identity, Configuration, DeviceDescriptor, Location};
 use super::discovery::{read_active_config, FoundDevice};
 use super::events::EventLoop;
+use super::mapped::{MappedPool, UsbfsMapper};
 use super::transfer::{self, rusb_error_errno, Prepared, TransferPtr};
 use super::LibusbError;
 use crate::device::{DeviceEvent, DeviceIdentity, Urb, UrbResult, UsbDevice};
@@ -102,6 +104,8 @@ pub struct Shared {
     path: String,
     speed: u32,
     descriptor: DeviceDescriptor,
+    /// Declared before `handle`, whose mappings these are: dropped first.
+    buffers: Arc<MappedPool>,
     device: rusb::Device<Context>,
     handle: rusb::DeviceHandle<Context>,
     state: Mutex<State>,
@@ -148,6 +152,16 @@ impl LibusbDevice {
                 }
             })
             .map_err(LibusbError::Thread)?;
+        let raw = NonNull::new(handle.as_raw()).ok_or(LibusbError::Open {
+            busid: busid.clone(),
+            source: rusb::Error::Other,
+        })?;
+        // SAFETY: the pool is a field of `Shared` declared before the
+        // handle, so it is dropped (and its mappings freed) before the
+        // handle closes; the buffers it hands out live in transfers, which
+        // hold the `Shared` and return their buffer before letting go of it.
+        let mapper = unsafe { UsbfsMapper::new(raw) };
+        let buffers = MappedPool::new(busid.clone(), Box::new(mapper));
         let location = found.location.clone();
         let path = found.path.clone();
         let identity = build_identity(
@@ -163,6 +177,7 @@ impl LibusbDevice {
             path,
             speed: found.speed,
             descriptor: found.descriptor,
+            buffers,
             device: found.device.clone(),
             handle,
             state: Mutex::new(State {
@@ -235,6 +250,11 @@ impl Shared {
         // Every update of the state is complete before anything that could
         // panic, so a poisoned lock still guards consistent data.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device's mapped transfer buffers.
+    pub(super) fn buffers(&self) -> &Arc<MappedPool> {
+        &self.buffers
     }
 
     pub(super) fn raw_handle(&self) -> *mut rusb::ffi::libusb_device_handle {
@@ -333,6 +353,7 @@ impl Shared {
                 .0;
         }
         drop(st);
+        self.buffers.release_idle();
         // Host drivers get their interfaces back until the next import.
         self.release_all(true);
         self.refresh_config();

@@ -7,7 +7,8 @@
 //! * [`LibusbDevice`] is an exportable device: each URB becomes an
 //!   asynchronous libusb transfer (many in flight per endpoint), cancelled
 //!   on unlink; completions run on the async runtime, next to the
-//!   connections (`events`).
+//!   connections (`events`). Bulk and interrupt transfers run in buffers
+//!   mapped from usbfs, which the kernel uses without copying (`mapped`).
 //! * SET_CONFIGURATION, SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and a
 //!   port reset are not forwarded: as usbip-host does, the exporter runs
 //!   the host's own operation (so the host's USB stack knows about it) and
@@ -17,6 +18,7 @@ mod descriptors;
 mod discovery;
 mod events;
 mod handle;
+mod mapped;
 mod transfer;
 mod uevents;
 mod watch;

@@ -31,6 +31,7 @@ use usbip_proto::{errno, limits, transfer_flags, IsoPacket, SetupPacket};
 
 use super::descriptors::transfer_type;
 use super::handle::Shared;
+use super::mapped::{MappedBuf, MappedPool};
 use crate::device::{Urb, UrbResult};
 
 /// Linux errno values the USB/IP codec does not name.
@@ -120,10 +121,111 @@ pub struct Plan {
     pub endpoint: u8,
     pub transfer_type: u8,
     pub flags: u8,
-    /// For control transfers the setup packet, then the data stage. For
-    /// isochronous ones the packets back to back, as libusb lays them out.
-    pub buffer: Vec<u8>,
+    pub buffer: Payload,
     pub iso_lengths: Vec<u32>,
+}
+
+/// What a transfer's buffer must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Laid out already: for control transfers the setup packet, then the
+    /// data stage; for isochronous ones the packets back to back, as
+    /// libusb lays them out.
+    Laid(Vec<u8>),
+    /// Room for a bulk or interrupt IN transfer.
+    Room(usize),
+    /// A bulk or interrupt OUT transfer's data.
+    Data(Bytes),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Laid(v) => v.len(),
+            Payload::Room(len) => *len,
+            Payload::Data(d) => d.len(),
+        }
+    }
+
+    /// The buffer in ordinary memory.
+    pub fn into_heap(self) -> Vec<u8> {
+        match self {
+            Payload::Laid(v) => v,
+            Payload::Room(len) => vec![0; len],
+            Payload::Data(d) => d.to_vec(),
+        }
+    }
+
+    /// The buffer in `pool`'s mapped memory where it can be (see
+    /// `mapped`), else in ordinary memory. Only bulk and interrupt
+    /// transfers are mapped: control and isochronous ones are small or
+    /// laid out already.
+    fn into_buffer(self, pool: &Arc<MappedPool>) -> TransferBuffer {
+        let mapped = match &self {
+            Payload::Laid(_) => None,
+            Payload::Room(len) => pool.take(*len),
+            Payload::Data(d) => pool.take(d.len()).map(|mut buf| {
+                buf.copy_from(d);
+                buf
+            }),
+        };
+        match mapped {
+            Some(buf) => TransferBuffer::Mapped(buf),
+            None => TransferBuffer::Heap(self.into_heap()),
+        }
+    }
+}
+
+/// The memory a transfer runs in.
+#[derive(Debug)]
+pub enum TransferBuffer {
+    Heap(Vec<u8>),
+    Mapped(MappedBuf),
+}
+
+impl From<Vec<u8>> for TransferBuffer {
+    fn from(v: Vec<u8>) -> Self {
+        TransferBuffer::Heap(v)
+    }
+}
+
+impl TransferBuffer {
+    pub fn len(&self) -> usize {
+        match self {
+            TransferBuffer::Heap(v) => v.len(),
+            TransferBuffer::Mapped(m) => m.len(),
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            TransferBuffer::Heap(v) => v.as_mut_ptr(),
+            TransferBuffer::Mapped(m) => m.as_mut_ptr(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            TransferBuffer::Heap(v) => v,
+            TransferBuffer::Mapped(m) => m.as_slice(),
+        }
+    }
+
+    /// The `len` bytes at `start` of a finished IN transfer. Ordinary
+    /// memory becomes the result without a copy (a bulk IN URB carries up
+    /// to hundreds of KiB); a mapped buffer is copied out, which is the
+    /// copy usbfs would otherwise have made, and goes back to its pool.
+    fn into_in_data(self, start: usize, len: usize) -> Bytes {
+        let end = start.saturating_add(len).min(self.len());
+        let start = start.min(end);
+        match self {
+            TransferBuffer::Heap(mut v) => {
+                v.truncate(end);
+                Bytes::from(v).slice(start..)
+            }
+            TransferBuffer::Mapped(m) => Bytes::copy_from_slice(&m.as_slice()[start..end]),
+        }
+    }
 }
 
 /// Translates an URB. `endpoint_type` is the transfer type of the URB's
@@ -143,9 +245,9 @@ pub fn plan(urb: &Urb, endpoint_type: Option<u8>) -> Result<Plan, i32> {
     match ty {
         transfer_type::BULK | transfer_type::INTERRUPT => {
             let buffer = if is_in {
-                vec![0; urb.buffer_len as usize]
+                Payload::Room(urb.buffer_len as usize)
             } else {
-                urb.data.to_vec()
+                Payload::Data(urb.data.clone())
             };
             // As usbip-host's masking_bogus_flags(): a zero-length packet
             // only ends bulk OUT transfers.
@@ -190,7 +292,7 @@ fn plan_control(urb: &Urb, setup: SetupPacket) -> Plan {
         endpoint: 0,
         transfer_type: transfer_type::CONTROL,
         flags: 0,
-        buffer,
+        buffer: Payload::Laid(buffer),
         iso_lengths: Vec::new(),
     }
 }
@@ -227,7 +329,7 @@ fn plan_iso(urb: &Urb, is_in: bool) -> Result<Plan, i32> {
         endpoint: urb.endpoint,
         transfer_type: transfer_type::ISOCHRONOUS,
         flags: 0,
-        buffer,
+        buffer: Payload::Laid(buffer),
         iso_lengths: packets.iter().map(|p| p.length).collect(),
     })
 }
@@ -242,16 +344,15 @@ pub struct Outcome {
 }
 
 /// The URB's result from a finished transfer. Lengths the device or
-/// libusb report are clamped to what was asked, never trusted. IN data
-/// stays in `buffer`'s allocation, which the result takes over.
-pub fn finish(seqnum: u32, kind: &Kind, buffer: Vec<u8>, outcome: &Outcome) -> UrbResult {
+/// libusb report are clamped to what was asked, never trusted.
+pub fn finish(seqnum: u32, kind: &Kind, buffer: TransferBuffer, outcome: &Outcome) -> UrbResult {
     let status = transfer_status_errno(outcome.status);
     let actual = usize::try_from(outcome.actual_length).unwrap_or(0);
     let (data, actual_length, iso_packets) = match kind {
         Kind::Control { is_in } => {
             let actual = actual.min(buffer.len().saturating_sub(SetupPacket::LEN));
             let data = if *is_in {
-                in_data(buffer, SetupPacket::LEN, actual)
+                buffer.into_in_data(SetupPacket::LEN, actual)
             } else {
                 Bytes::new()
             };
@@ -260,14 +361,14 @@ pub fn finish(seqnum: u32, kind: &Kind, buffer: Vec<u8>, outcome: &Outcome) -> U
         Kind::Stream { is_in } => {
             let actual = actual.min(buffer.len());
             let data = if *is_in {
-                in_data(buffer, 0, actual)
+                buffer.into_in_data(0, actual)
             } else {
                 Bytes::new()
             };
             (data, actual as u32, Vec::new())
         }
         Kind::Iso { is_in, packets } => {
-            let (data, iso_packets) = compact_iso(*is_in, packets, &buffer, &outcome.iso);
+            let (data, iso_packets) = compact_iso(*is_in, packets, buffer.as_slice(), &outcome.iso);
             let actual_length = iso_packets.iter().map(|p| p.actual_length).sum();
             (data, actual_length, iso_packets)
         }
@@ -279,14 +380,6 @@ pub fn finish(seqnum: u32, kind: &Kind, buffer: Vec<u8>, outcome: &Outcome) -> U
         actual_length,
         iso_packets,
     }
-}
-
-/// The `len` bytes at `start` of a finished IN transfer's buffer, without
-/// copying them (a bulk IN URB carries up to hundreds of KiB).
-fn in_data(mut buffer: Vec<u8>, start: usize, len: usize) -> Bytes {
-    let end = start.saturating_add(len).min(buffer.len());
-    buffer.truncate(end);
-    Bytes::from(buffer).slice(start.min(end)..)
 }
 
 /// Isochronous results as USB/IP sends them (Linux's stub_tx.c): the IN
@@ -338,11 +431,13 @@ pub fn completed_so_far() -> u64 {
 
 /// What the completion callback owns while libusb runs a transfer.
 struct Pending {
+    /// Declared before `device`: a mapped buffer goes back to the device's
+    /// pool while the device, and so its handle, still exists.
+    buffer: TransferBuffer,
     device: Arc<Shared>,
     generation: u64,
     seqnum: u32,
     kind: Kind,
-    buffer: Vec<u8>,
 }
 
 /// A submitted transfer, as the device's in-flight table keeps it.
@@ -390,23 +485,24 @@ impl Prepared {
     ) -> Result<Self, i32> {
         let handle = device.raw_handle();
         let length = c_int::try_from(plan.buffer.len()).map_err(|_| -errno::EINVAL)?;
+        let buffer = plan.buffer.into_buffer(device.buffers());
         let packets = c_int::try_from(plan.iso_lengths.len()).map_err(|_| -errno::EINVAL)?;
         // SAFETY: plain allocation; a null result is handled below.
         let raw = unsafe { ffi::libusb_alloc_transfer(packets) };
         let transfer = NonNull::new(raw).ok_or(-more_errno::ENOMEM)?;
         let pending = Box::new(Pending {
+            buffer,
             device: Arc::clone(device),
             generation,
             seqnum,
             kind: plan.kind,
-            buffer: plan.buffer,
         });
         let pending = NonNull::from(Box::leak(pending));
         let t = transfer.as_ptr();
         // SAFETY: `t` was just allocated by libusb with room for `packets`
         // isochronous descriptors and is not shared with anyone yet.
-        // `pending` is a live box we own; its buffer's heap allocation
-        // stays put until the box is freed, which happens only after
+        // `pending` is a live box we own; its buffer's memory (heap or
+        // mapping) stays put until the box is freed, which happens only after
         // libusb is done with the transfer (callback) or when it was never
         // submitted (drop).
         unsafe {
@@ -489,12 +585,13 @@ extern "system" fn transfer_done(transfer: *mut ffi::libusb_transfer) {
         // finished with it (it is completing it).
         let outcome = unsafe { read_outcome(transfer, packets) };
         let Pending {
+            buffer,
             device,
             generation,
             seqnum,
             kind,
-            buffer,
         } = *pending;
+        // Consumes the buffer: a mapped one is back in its pool from here.
         let result = finish(seqnum, &kind, buffer, &outcome);
         // Takes the transfer out of the in-flight table (under the lock
         // cancel uses) before it is freed.
@@ -506,9 +603,9 @@ extern "system" fn transfer_done(transfer: *mut ffi::libusb_transfer) {
         // SAFETY: no longer in the in-flight table, so nothing else can
         // reach it; libusb is done with it and we free it exactly once.
         // Freeing leaves its buffer alone (no LIBUSB_TRANSFER_FREE_BUFFER):
-        // that allocation is the result's now, which libusb last wrote
-        // before calling us. `device`, which owns the handle the transfer
-        // was on, is dropped after this.
+        // `finish` took it, and a heap one is the result's now, which
+        // libusb last wrote before calling us. `device`, which owns the
+        // handle the transfer was on, is dropped after this.
         unsafe { ffi::libusb_free_transfer(transfer) };
         drop(device);
     }));
@@ -546,6 +643,7 @@ unsafe fn read_outcome(t: *mut ffi::libusb_transfer, packets: usize) -> Outcome 
 
 #[cfg(test)]
 mod tests {
+    use super::super::mapped::test_mapper::heap_pool;
     use super::*;
 
     fn urb(endpoint: u8) -> Urb {
@@ -559,6 +657,11 @@ mod tests {
             interval: 0,
             iso_packets: Vec::new(),
         }
+    }
+
+    /// The plan's buffer in ordinary memory, as a transfer would run in it.
+    fn laid(p: &Plan) -> Vec<u8> {
+        p.buffer.clone().into_heap()
     }
 
     fn packets(lengths: &[u32]) -> Vec<IsoPacket> {
@@ -607,18 +710,18 @@ mod tests {
         assert_eq!(p.kind, Kind::Control { is_in: true });
         assert_eq!((p.endpoint, p.transfer_type), (0, transfer_type::CONTROL));
         assert_eq!(p.buffer.len(), 26);
-        assert_eq!(&p.buffer[..8], &[0x80, 6, 0, 1, 0, 0, 18, 0]);
+        assert_eq!(&laid(&p)[..8], &[0x80, 6, 0, 1, 0, 0, 18, 0]);
 
         // The reply strips the setup; a device claiming more than wLength
         // is held to wLength.
-        let mut buffer = p.buffer.clone();
+        let mut buffer = laid(&p);
         buffer[8..].copy_from_slice(&[7; 18]);
         let outcome = Outcome {
             actual_length: 500,
             ..Outcome::default()
         };
         let data_stage = buffer[8..].as_ptr();
-        let r = finish(9, &p.kind, buffer, &outcome);
+        let r = finish(9, &p.kind, buffer.into(), &outcome);
         assert_eq!((r.seqnum, r.status, r.actual_length), (9, 0, 18));
         assert_eq!(&r.data[..], &[7; 18]);
         // Not a copy: the result points into the transfer's buffer.
@@ -633,11 +736,11 @@ mod tests {
         u.buffer_len = 7;
         let p = plan(&u, None).unwrap();
         assert_eq!(p.kind, Kind::Control { is_in: false });
-        assert_eq!(&p.buffer[8..], &[1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(&laid(&p)[8..], &[1, 2, 3, 4, 5, 6, 7]);
         let r = finish(
             1,
             &p.kind,
-            p.buffer.clone(),
+            laid(&p).into(),
             &Outcome {
                 actual_length: 7,
                 ..Outcome::default()
@@ -668,7 +771,7 @@ mod tests {
         out.transfer_flags = transfer_flags::ZERO_PACKET;
         let p = plan(&out, Some(transfer_type::BULK)).unwrap();
         assert_eq!(p.flags, LIBUSB_TRANSFER_ADD_ZERO_PACKET);
-        assert_eq!(p.buffer, b"hello");
+        assert_eq!(p.buffer, Payload::Data(Bytes::from_static(b"hello")));
         // Not on interrupt endpoints, nor on IN.
         assert_eq!(plan(&out, Some(transfer_type::INTERRUPT)).unwrap().flags, 0);
         u.transfer_flags = transfer_flags::ZERO_PACKET;
@@ -676,12 +779,12 @@ mod tests {
 
         // Short IN: only what arrived; a bogus actual length is clamped.
         let p = plan(&urb_in(0x81, 4), Some(transfer_type::BULK)).unwrap();
-        let mut buffer = p.buffer.clone();
+        let mut buffer = laid(&p);
         buffer.copy_from_slice(b"abcd");
         let r = finish(
             1,
             &p.kind,
-            buffer.clone(),
+            buffer.clone().into(),
             &Outcome {
                 actual_length: 3,
                 ..Outcome::default()
@@ -692,7 +795,7 @@ mod tests {
             let r = finish(
                 1,
                 &p.kind,
-                buffer.clone(),
+                buffer.clone().into(),
                 &Outcome {
                     actual_length: bogus,
                     ..Outcome::default()
@@ -700,6 +803,59 @@ mod tests {
             );
             assert!(r.data.len() <= 4 && r.actual_length as usize == r.data.len());
         }
+    }
+
+    #[test]
+    fn bulk_transfers_run_in_mapped_buffers_that_go_back_to_their_pool() {
+        let pool = heap_pool();
+        let mut out = urb(0x02);
+        out.data = Bytes::from_static(b"to the device");
+        out.buffer_len = 13;
+        let p = plan(&out, Some(transfer_type::BULK)).unwrap();
+        let buffer = p.buffer.into_buffer(&pool);
+        let TransferBuffer::Mapped(m) = &buffer else {
+            panic!("OUT data not mapped: {buffer:?}");
+        };
+        assert_eq!(m.as_slice(), b"to the device");
+        let outcome = Outcome {
+            actual_length: 13,
+            ..Outcome::default()
+        };
+        let r = finish(1, &p.kind, buffer, &outcome);
+        assert_eq!((r.actual_length, r.data.len()), (13, 0));
+
+        // The IN transfer reuses the page the OUT one gave back, and its
+        // result holds only what the device sent: nothing of the earlier
+        // data beyond it.
+        let p = plan(&urb_in(0x81, 64), Some(transfer_type::BULK)).unwrap();
+        let mut buffer = p.buffer.into_buffer(&pool);
+        let TransferBuffer::Mapped(m) = &mut buffer else {
+            panic!("IN room not mapped: {buffer:?}");
+        };
+        assert_eq!(&m.as_slice()[..13], b"to the device");
+        // SAFETY: 64 bytes of room; "back" is what the device wrote.
+        unsafe { std::ptr::copy_nonoverlapping(b"back".as_ptr(), m.as_mut_ptr(), 4) };
+        let outcome = Outcome {
+            actual_length: 4,
+            ..Outcome::default()
+        };
+        let r = finish(2, &p.kind, buffer, &outcome);
+        assert_eq!(&r.data[..], b"back");
+        assert_eq!(r.actual_length, 4);
+        // Both URBs used one mapping.
+        let again = pool.take(1).unwrap();
+        assert!(pool.take(1).is_some());
+        drop(again);
+
+        // Control and isochronous transfers keep ordinary memory.
+        let mut c = urb(0x80);
+        c.setup = Some(SetupPacket::from_bytes([0x80, 6, 0, 1, 0, 0, 18, 0]));
+        c.buffer_len = 18;
+        let p = plan(&c, None).unwrap();
+        assert!(matches!(
+            p.buffer.into_buffer(&pool),
+            TransferBuffer::Heap(_)
+        ));
     }
 
     fn urb_in(endpoint: u8, len: u32) -> Urb {
@@ -715,7 +871,7 @@ mod tests {
         let p = plan(&u, Some(transfer_type::ISOCHRONOUS)).unwrap();
         assert_eq!(p.iso_lengths, vec![100, 100, 100]);
         assert_eq!(p.buffer.len(), 300);
-        let mut buffer = p.buffer.clone();
+        let mut buffer = laid(&p);
         buffer[..100].fill(b'a');
         buffer[100..200].fill(b'b');
         buffer[200..].fill(b'c');
@@ -729,7 +885,7 @@ mod tests {
                 (250, LIBUSB_TRANSFER_COMPLETED),
             ],
         };
-        let r = finish(4, &p.kind, buffer, &outcome);
+        let r = finish(4, &p.kind, buffer.into(), &outcome);
         assert_eq!(r.status, 0);
         let expect: Vec<u8> = [&[b'a'; 10][..], &[b'c'; 100][..]].concat();
         assert_eq!(&r.data[..], &expect[..]);
@@ -766,12 +922,12 @@ mod tests {
         u.data = Bytes::from_static(b"ab..cde");
         u.buffer_len = 7;
         let p = plan(&u, Some(transfer_type::ISOCHRONOUS)).unwrap();
-        assert_eq!(p.buffer, b"abcde");
+        assert_eq!(laid(&p), b"abcde");
         let outcome = Outcome {
             iso: vec![(2, 0), (3, 0)],
             ..Outcome::default()
         };
-        let r = finish(1, &p.kind, p.buffer.clone(), &outcome);
+        let r = finish(1, &p.kind, laid(&p).into(), &outcome);
         assert!(r.data.is_empty());
         assert_eq!(r.actual_length, 5);
         assert_eq!(r.iso_packets[1].offset, 4);
@@ -779,7 +935,7 @@ mod tests {
         // Data shorter than the packets claim: zero-padded, no panic.
         u.data = Bytes::from_static(b"ab");
         let p = plan(&u, Some(transfer_type::ISOCHRONOUS)).unwrap();
-        assert_eq!(p.buffer, b"ab\0\0\0");
+        assert_eq!(laid(&p), b"ab\0\0\0");
     }
 
     #[test]
@@ -791,7 +947,7 @@ mod tests {
         let r = finish(
             1,
             &kind,
-            vec![0; 16],
+            vec![0; 16].into(),
             &Outcome {
                 status: LIBUSB_TRANSFER_NO_DEVICE,
                 actual_length: 16,
