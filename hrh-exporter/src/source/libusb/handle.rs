@@ -152,7 +152,7 @@ impl LibusbDevice {
                 }
             })
             .map_err(LibusbError::Thread)?;
-        let raw = NonNull::new(handle.as_raw()).ok_or(LibusbError::Open {
+        let raw = NonNull::new(handle.as_raw()).ok_or_else(|| LibusbError::Open {
             busid: busid.clone(),
             source: rusb::Error::Other,
         })?;

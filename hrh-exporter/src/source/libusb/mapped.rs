@@ -180,7 +180,7 @@ impl MappedPool {
         };
         Some(MappedBuf {
             pool: Arc::clone(self),
-            region: Some(region),
+            region,
             class,
             len,
         })
@@ -242,8 +242,7 @@ impl Drop for MappedPool {
 /// A mapped transfer buffer of `len` bytes; back to its pool when dropped.
 pub struct MappedBuf {
     pool: Arc<MappedPool>,
-    /// `None` only while being dropped.
-    region: Option<Region>,
+    region: Region,
     class: usize,
     len: usize,
 }
@@ -253,16 +252,9 @@ impl MappedBuf {
         self.len
     }
 
-    fn start(&self) -> NonNull<u8> {
-        match &self.region {
-            Some(region) => region.0,
-            None => unreachable!("a buffer's region is only taken when it is dropped"),
-        }
-    }
-
     /// Where libusb and the kernel read and write the transfer.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.start().as_ptr()
+        self.region.0.as_ptr()
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -272,7 +264,7 @@ impl MappedBuf {
         // the test mapper allocates zeroed). Nothing writes to it while
         // this borrow lives: the kernel only writes during a transfer, and
         // a transfer's buffer is read only after it completed.
-        unsafe { std::slice::from_raw_parts(self.start().as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.region.0.as_ptr(), self.len) }
     }
 
     /// Fills the buffer with `data`, which must be `len` bytes.
@@ -295,9 +287,8 @@ impl std::fmt::Debug for MappedBuf {
 
 impl Drop for MappedBuf {
     fn drop(&mut self) {
-        if let Some(region) = self.region.take() {
-            self.pool.give_back(region, self.class);
-        }
+        // The region is ours alone; the pool gets the only handle to it.
+        self.pool.give_back(Region(self.region.0), self.class);
     }
 }
 
