@@ -202,7 +202,7 @@ say "adding kernel modules"
 MODULES=(
     usbip-core vhci-hcd cdc-acm usb-storage sd_mod usbhid hid-generic snd-usb-audio snd-pcm-oss
     virtio_pci virtio_net e1000
-    dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usb_f_hid usbip-host xhci-pci
+    dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usb_f_hid usb_f_ss_lb usbip-host xhci-pci
     sch_netem sch_ingress cls_matchall act_mirred ifb
 )
 declare -A SEEN=()

@@ -10,6 +10,12 @@
 #   storage  mass storage backed by a file    1209:000b  /tmp/hrh-storage.img
 #   hid      vendor-defined HID, 8-byte       1209:000c  /dev/hidg0
 #            input and output reports
+#   sink     bulk source and sink (only with  1209:000d  in the kernel: IN endpoint 1
+#            `setup MIB sink`)                           fills every URB, OUT endpoint 2
+#                                                        swallows everything
+#
+# The sink measures a USB/IP server alone (tests/src/urbbench.rs): the kernel answers every
+# URB at once, with no program of the HRH's in the loop.
 #
 # The ids are pid.codes test ids; the simulated dongles of hrh-exporter use 1209:0001-0003.
 # There is no audio (isochronous) gadget: dummy_hcd offers no isochronous endpoints at all
@@ -18,8 +24,10 @@
 # Isochronous devices come from QEMU's emulated USB devices instead (see tests/src/hrh.rs).
 #
 # Usage:
-#   hrh-gadgets.sh setup [STORAGE_MIB]  load the modules, create the gadgets, plug them in
-#                                       (the backing file is STORAGE_MIB MiB, default 16)
+#   hrh-gadgets.sh setup [STORAGE_MIB] [sink]
+#                                       load the modules, create the gadgets, plug them in
+#                                       (the backing file is STORAGE_MIB MiB, default 16;
+#                                       `sink` adds the sink gadget)
 #   hrh-gadgets.sh up NAME              plug a gadget in (bind it to its UDC)
 #   hrh-gadgets.sh down NAME            unplug it (unbind it from its UDC)
 #   hrh-gadgets.sh list                 describe the gadgets that exist
@@ -34,7 +42,9 @@ set -u
 CONFIGFS=/sys/kernel/config
 GADGETS=$CONFIGFS/usb_gadget
 STORAGE_IMG=/tmp/hrh-storage.img
+# The gadgets that exist: the three of every HRH, and the sink where setup was asked for it.
 ALL="acm storage hid"
+[ -d "$GADGETS/hrh-sink" ] && ALL="$ALL sink"
 # UDCs: one per gadget, plus nothing else (the guest has no other UDC).
 NUM_UDC=3
 
@@ -49,6 +59,7 @@ index_of() {
     acm) echo 0 ;;
     storage) echo 1 ;;
     hid) echo 2 ;;
+    sink) echo 3 ;;
     *) die "unknown gadget '$1' (one of: $ALL)" ;;
     esac
 }
@@ -58,6 +69,7 @@ product_id_of() {
     acm) echo 0x000a ;;
     storage) echo 0x000b ;;
     hid) echo 0x000c ;;
+    sink) echo 0x000d ;;
     esac
 }
 
@@ -157,11 +169,22 @@ link_function() {
 
 setup() {
     storage_mib=${1:-16}
+    case "${2:-}" in
+    "") ;;
+    sink)
+        NUM_UDC=4
+        ALL="$ALL sink"
+        ;;
+    *) die "unknown setup option '$2' (sink is the only one)" ;;
+    esac
     # One UDC (and root hub) per gadget; a UDC takes one gadget at a time.
     modprobe dummy_hcd num=$NUM_UDC || die "modprobe dummy_hcd failed"
     for m in libcomposite usb_f_acm usb_f_mass_storage usb_f_hid; do
         modprobe "$m" || die "modprobe $m failed"
     done
+    if [ "$NUM_UDC" -eq 4 ]; then
+        modprobe usb_f_ss_lb || die "modprobe usb_f_ss_lb failed"
+    fi
     grep -q " $CONFIGFS configfs" /proc/mounts ||
         mount -t configfs configfs "$CONFIGFS" || die "cannot mount configfs"
     poll 10 test -e /sys/class/udc/dummy_udc.$((NUM_UDC - 1)) ||
@@ -199,6 +222,22 @@ setup() {
     printf '\006\000\377\011\001\241\001\025\000\046\377\000\165\010\225\010\011\001\201\002\225\010\011\001\221\002\300' \
         >"$f/report_desc"
     link_function hid hid.usb0
+
+    if [ "$NUM_UDC" -eq 4 ]; then
+        # Vendor class: no driver of the HRH's binds it. Bulk IN first, so that the UDC's
+        # autoconfiguration makes it endpoint 1 and the OUT one endpoint 2. Pattern 2: the
+        # source sends what its buffers hold and the sink checks nothing (with the other
+        # patterns it halts its endpoint at the first byte off the pattern). The 64 KiB
+        # requests, 4 queued per endpoint, keep the gadget side from being what a server
+        # waits for.
+        new_gadget sink 0xff 0x00 0x00 "HRH bulk sink"
+        add_function sink SourceSink.usb0
+        f=$GADGETS/hrh-sink/functions/SourceSink.usb0
+        echo 2 >"$f/pattern"
+        echo 65536 >"$f/bulk_buflen"
+        echo 4 >"$f/bulk_qlen"
+        link_function sink SourceSink.usb0
+    fi
 
     for name in $ALL; do
         up "$name" >/dev/null

@@ -29,6 +29,11 @@ const READ_SPARE: usize = 256 * 1024;
 /// Vendor request of the loopback dongle: the sink's byte count, 8 bytes LE.
 const REQ_SINK_COUNT: u8 = 0x01;
 
+/// The line [`Client::announce_window`] prints when a run's measuring window opens.
+pub const WINDOW_OPEN: &str = "usbip-load: window open";
+/// The line it prints when the window closes.
+pub const WINDOW_CLOSED: &str = "usbip-load: window closed";
+
 /// When a run stops measuring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -75,6 +80,8 @@ pub struct Client {
     /// The server's CPU clock, when it runs on this machine.
     server_clock: Option<CpuClock>,
     own_clock: CpuClock,
+    /// Print [`WINDOW_OPEN`] and [`WINDOW_CLOSED`] on standard output.
+    announce: bool,
 }
 
 /// Hands out `*next` and advances it. Seqnum 0 is never used by Linux
@@ -155,6 +162,7 @@ impl Client {
             has_sink_count: None,
             server_clock: None,
             own_clock: CpuClock::this_process(),
+            announce: false,
         };
         let setup = SetupPacket {
             request_type: 0x00,
@@ -180,6 +188,15 @@ impl Client {
             .with_context(|| format!("cannot read the CPU time of process {pid}"))?;
         self.server_clock = Some(clock);
         Ok(())
+    }
+
+    /// Print a line on standard output when each run's measuring window is
+    /// about to open ([`WINDOW_OPEN`]) and has closed ([`WINDOW_CLOSED`]),
+    /// and wait for a line on standard input each time before going on: a
+    /// program running this one can then measure the server over the same
+    /// window (where it runs on another machine, say).
+    pub fn announce_window(&mut self) {
+        self.announce = true;
     }
 
     /// One control transfer on endpoint 0 with no OUT data, alone on the
@@ -306,8 +323,21 @@ impl Client {
             timeout,
             server_clock,
             own_clock,
+            announce,
             ..
         } = self;
+        // Announces a window's edge and waits for the go-ahead (blocking the
+        // runtime is the point: nothing may happen until the reader has
+        // looked at the server).
+        let announce = |line: &str| {
+            if *announce {
+                use std::io::{BufRead, Write};
+                let mut out = std::io::stdout().lock();
+                // A reader that went away costs the announcement, not the run.
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                let _ = std::io::stdin().lock().read_line(&mut String::new());
+            }
+        };
         let (own_clock, server_clock) = (&*own_clock, server_clock.as_ref());
         // CPU time of (this process, the server) so far.
         let cpu_times = || -> anyhow::Result<(CpuTimes, Option<CpuTimes>)> {
@@ -420,8 +450,9 @@ impl Client {
             let now = Instant::now();
             match phase {
                 Phase::Warmup if now - started >= spec.warmup => {
+                    announce(WINDOW_OPEN);
                     phase = Phase::Measuring;
-                    window_open = now;
+                    window_open = Instant::now();
                     cpu_at_open = cpu_times()?;
                 }
                 Phase::Measuring => {
@@ -433,6 +464,7 @@ impl Client {
                         phase = Phase::Draining;
                         window_close = now;
                         cpu_at_close = cpu_times()?;
+                        announce(WINDOW_CLOSED);
                     }
                 }
                 _ => {}

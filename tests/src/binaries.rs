@@ -28,6 +28,13 @@ pub fn host_binary_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 fn binary_files(binary: &Path, name: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    binary_files_at(binary, &format!("/usr/bin/{name}"))
+}
+
+/// The program at `binary` as `guest_path` in a guest, with its shared libraries, as
+/// [`workspace_binary_files`] does: another build of a workspace binary next to the usual
+/// one, say.
+pub fn binary_files_at(binary: &Path, guest_path: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     let stripped = tempfile::NamedTempFile::new()?;
     let contents = match Command::new("objcopy")
@@ -39,7 +46,7 @@ fn binary_files(binary: &Path, name: &str) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(status) if status.success() => std::fs::read(stripped.path())?,
         _ => std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?,
     };
-    files.push((format!("/usr/bin/{name}"), contents));
+    files.push((guest_path.to_owned(), contents));
 
     let out = Command::new("ldd")
         .arg(binary)

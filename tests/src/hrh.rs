@@ -144,8 +144,9 @@ offered() {
 # exported_or_dead BUSID...: the server offers all of them, or has exited.
 exported_or_dead() { offered "$@" || ! server_alive; }
 
-# hrh_export SERVER: starts usbipd (binding every device to usbip-host) or hrh-exporter (one
-# --device per bus id) and waits until it offers every device.
+# hrh_export SERVER [PROGRAM]: starts usbipd (binding every device to usbip-host) or
+# hrh-exporter (one --device per bus id; PROGRAM: another build's path) and waits until it
+# offers every device.
 hrh_export() {
     kind=$1
     # Where this server's lines start in the log (offered looks for imports there).
@@ -162,12 +163,14 @@ hrh_export() {
         done
         ;;
     hrh-exporter)
+        # Another build of it may be asked for by its path.
+        program=${2:-hrh-exporter}
         set --
         for b in $(hrh_busids); do
             set -- "$@" --device "$b"
         done
-        echo "starting: hrh-exporter --listen 0.0.0.0:3240 $*"
-        RUST_LOG="$HRH_RUST_LOG" NO_COLOR=1 hrh-exporter --listen 0.0.0.0:3240 "$@" \
+        echo "starting: $program --listen 0.0.0.0:3240 $*"
+        RUST_LOG="$HRH_RUST_LOG" NO_COLOR=1 "$program" --listen 0.0.0.0:3240 "$@" \
             >>"$SERVER_LOG" 2>&1 &
         echo $! >/tmp/server.pid
         ;;
@@ -506,7 +509,15 @@ pub struct HrhConfig {
     capture: Option<PathBuf>,
     /// Programs of the host to put into the guest.
     host_tools: Vec<PathBuf>,
+    /// Another build of hrh-exporter, put into the guest as [`SECOND_EXPORTER`].
+    second_exporter: Option<PathBuf>,
+    /// Whether the HRH has the bulk sink gadget too.
+    sink: bool,
 }
+
+/// Where [`HrhConfig::with_second_exporter`] puts the other build of hrh-exporter. Its name
+/// stays `hrh-exporter`, which is how the HRH's CPU readings find the server's threads.
+pub const SECOND_EXPORTER: &str = "/opt/second/hrh-exporter";
 
 impl HrhConfig {
     /// An HRH whose log is `<name>.log`, with a 16 MiB storage gadget and without hrh-exporter.
@@ -519,7 +530,24 @@ impl HrhConfig {
             forwards: Vec::new(),
             capture: None,
             host_tools: Vec::new(),
+            second_exporter: None,
+            sink: false,
         }
+    }
+
+    /// Puts the hrh-exporter at `path` (another build, with the same shared libraries as the
+    /// workspace's) into the guest as [`SECOND_EXPORTER`], for comparing two builds in one
+    /// HRH ([`Hrh::start_exporter_at`]).
+    pub fn with_second_exporter(mut self, path: &Path) -> Self {
+        self.second_exporter = Some(path.to_owned());
+        self
+    }
+
+    /// Adds the bulk sink gadget (`sink` in guest-images/hrh-gadgets.sh): a fifth device,
+    /// exported with the others, whose URBs the kernel answers at once.
+    pub fn with_sink(mut self) -> Self {
+        self.sink = true;
+        self
     }
 
     /// Puts the host's program at `path` (and the shared libraries it links) into the guest
@@ -600,7 +628,7 @@ impl Hrh {
 {HRH_FUNCTIONS}
 {SERVE_FUNCTION}
 modprobe xhci-pci || fail "modprobe xhci-pci failed"
-sh /hrh-gadgets.sh setup "$STORAGE_MIB" || fail "hrh-gadgets.sh setup failed"
+sh /hrh-gadgets.sh setup "$STORAGE_MIB" $HRH_EXTRA_GADGETS || fail "hrh-gadgets.sh setup failed"
 wait_for 30 audio_busid >/dev/null || fail "QEMU's USB audio device did not appear"
 : >"$SERVER_LOG"
 # A shell loop rather than sed, which would hold lines back in its output buffer.
@@ -613,6 +641,7 @@ vusb_serve
             .env("STORAGE_MIB", config.storage_mib)
             .env("QEMU_AUDIO_ID", QEMU_AUDIO_ID)
             .env("HRH_RUST_LOG", &config.rust_log)
+            .env("HRH_EXTRA_GADGETS", if config.sink { "sink" } else { "" })
             .file("/hrh-gadgets.sh", gadgets, 0o755)
             .host_forward(port, HRH_GUEST_PORT)
             .qemu_args([
@@ -634,6 +663,11 @@ vusb_serve
         }
         for name in &config.binaries {
             guest = guest.workspace_binary(name)?;
+        }
+        if let Some(path) = &config.second_exporter {
+            for (path, contents) in crate::binaries::binary_files_at(path, SECOND_EXPORTER)? {
+                guest = guest.file(&path, contents, 0o755);
+            }
         }
         for tool in &config.host_tools {
             for (path, contents) in crate::binaries::host_binary_files(tool)? {
@@ -717,6 +751,15 @@ vusb_serve
     pub fn start_server(&mut self, server: Server) -> Result<Output> {
         self.remote.check(
             &format!("hrh_export {}", server.name()),
+            Duration::from_secs(120),
+        )
+    }
+
+    /// Starts the hrh-exporter at `program` in the guest ([`SECOND_EXPORTER`], say) as
+    /// [`Self::start_server`] starts the usual one.
+    pub fn start_exporter_at(&mut self, program: &str) -> Result<Output> {
+        self.remote.check(
+            &format!("hrh_export hrh-exporter {program}"),
             Duration::from_secs(120),
         )
     }

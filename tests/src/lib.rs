@@ -28,6 +28,7 @@ pub mod link;
 pub mod linkbench;
 pub mod qemu_chroot;
 pub mod remote;
+pub mod urbbench;
 mod util;
 pub mod vhome_guest;
 pub mod vhome_image;

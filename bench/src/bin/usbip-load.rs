@@ -68,6 +68,11 @@ struct Args {
     /// time it spends per URB (read from /proc).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Print a line when each measuring window is about to open and has
+    /// closed, and wait for a line on standard input before going on: for a
+    /// program that measures the server over the same windows.
+    #[arg(long)]
+    announce_window: bool,
     /// Run every combination of --sizes, --depths and --directions.
     #[arg(long)]
     matrix: bool,
@@ -147,6 +152,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("cannot import {} from {}", args.busid, args.server))?;
     if let Some(pid) = args.server_pid {
         client.watch_server(pid)?;
+    }
+    if args.announce_window {
+        client.announce_window();
     }
 
     let mut results = Vec::with_capacity(cells.len());
