@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::exporter::workspace_binary;
 use crate::hrh::{find_device, Hrh, HrhConfig, Server, SECOND_EXPORTER};
 use crate::linkbench::hrh_cpu::{self, HrhCpu};
+use crate::linkbench::profile;
 use vusb_bench::client::{WINDOW_CLOSED, WINDOW_OPEN};
 
 /// A USB/IP server that takes its turns in the HRH.
@@ -86,6 +87,10 @@ pub struct Options {
     pub second_exporter: Option<PathBuf>,
     /// Leave `usbipd` out.
     pub without_usbipd: bool,
+    /// Sample the HRH's CPU with perf during each server's first turn and write the
+    /// reports here, one per server ([`crate::linkbench::profile`]). Sampling costs the
+    /// HRH some CPU, the same for every server.
+    pub profiles: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -98,6 +103,7 @@ impl Default for Options {
             directions: vec!["out", "in"],
             second_exporter: None,
             without_usbipd: false,
+            profiles: None,
         }
     }
 }
@@ -214,6 +220,11 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
     if let Some(path) = &options.second_exporter {
         config = config.with_second_exporter(path);
     }
+    if let Some(dir) = &options.profiles {
+        profile::check_available()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        config = config.with_host_tool(Path::new(profile::PERF));
+    }
     let started = Instant::now();
     let mut hrh = Hrh::boot(config)?;
     let devices = hrh.wait_ready(Duration::from_secs(600))?;
@@ -239,7 +250,17 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
                 Contender::Second => hrh.start_exporter_at(SECOND_EXPORTER),
             };
             output.with_context(|| format!("starting {}", contender.name()))?;
+            let profiled = options.profiles.as_ref().filter(|_| round == 1);
+            if profiled.is_some() {
+                profile::start(hrh.remote())?;
+            }
             let measured = measure(&mut hrh, &load, &busid, options, &cells);
+            if let Some(dir) = profiled {
+                let report = profile::stop(hrh.remote())?;
+                let path = dir.join(format!("{}.txt", contender.name()));
+                std::fs::write(&path, report)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             hrh.stop_server()
                 .with_context(|| format!("stopping {}", contender.name()))?;
             for (cell, load, cpu) in measured.with_context(|| contender.name())? {

@@ -35,6 +35,11 @@ struct Args {
     /// Leave Debian's usbipd out.
     #[arg(long)]
     without_usbipd: bool,
+    /// Sample the HRH's CPU with perf during each server's first round, into
+    /// DIR/profiles/<server>.txt (costs the HRH some CPU: compare that round's numbers
+    /// with each other only).
+    #[arg(long)]
+    profile: bool,
     /// Where results.json and results.md go.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
         directions,
         second_exporter: args.second_exporter,
         without_usbipd: args.without_usbipd,
+        profiles: args.profile.then(|| args.out.join("profiles")),
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

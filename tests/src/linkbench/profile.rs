@@ -32,12 +32,19 @@ pub const PROFILED: [Workload; 4] = [
 /// Samples per second on the HRH's CPU.
 const FREQUENCY: u32 = 997;
 
-/// perf report's orderings, each down to a share of the samples: by process; by process,
-/// object and symbol; and the USB/IP servers' functions with their callees. The servers'
+/// perf report's orderings, each down to a share of the samples: by process; by process
+/// and object (kernel, program, each library); hrh-exporter's own samples by object and
+/// symbol, as shares of its time; every process's by object and symbol; and the USB/IP
+/// servers' functions with their callees. The servers'
 /// threads are hrh-exporter's runtime (its threads carry its name) and usbip-host's kernel
 /// threads.
-const REPORTS: [(&str, &str); 3] = [
+const REPORTS: [(&str, &str); 5] = [
     ("--no-children --sort comm", "0.5"),
+    ("--no-children --sort comm,dso", "0.1"),
+    (
+        "--no-children --comms hrh-exporter --sort dso,sym --percentage relative",
+        "0.5",
+    ),
     ("--no-children --sort comm,dso,sym", "0.3"),
     (
         "--children --sort sym --comms hrh-exporter,stub_rx,stub_tx",
