@@ -97,11 +97,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         registry.add(Arc::new(device));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // The process's name in `top`, `perf` and schedstat, not tokio's.
-        .thread_name("hrh-exporter")
-        .build()?;
+    let runtime = runtime()?;
     // Devices opened from here on complete their transfers on the runtime.
     let _runtime_context = runtime.enter();
     // Real devices come and go; the watcher keeps the registry current
@@ -130,6 +126,25 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// The async runtime: every connection and libusb's event handling on one
+/// thread where the gateway has one CPU, worker threads where it has more.
+/// With one CPU a worker thread only adds hand-offs to every URB: the
+/// scheduler's bookkeeping, waking the worker from the thread that accepts,
+/// run on an emulated or embedded CPU where each costs.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
+        .enable_all()
+        // The process's name in `top`, `perf` and schedstat, not tokio's.
+        .thread_name("hrh-exporter")
+        .build()
 }
 
 async fn shutdown_signal() {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -23,6 +23,9 @@ use crate::session::{Action, Session, SessionError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Receive buffer size; grows for larger URBs.
 const READ_CHUNK: usize = 256 * 1024;
+/// Replies waiting for a client that does not read them: above this much,
+/// no more commands are read from it (whose URBs would add replies).
+const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 
 /// A client can vanish without a FIN or RST (the ISP side rebooted, a route
 /// gone), and the device it imported would stay claimed, refusing its
@@ -184,6 +187,13 @@ async fn read_message<T, R: AsyncRead + Unpin>(
 
 /// The URB phase: commands from the socket and completions from the device
 /// meet in one loop, so unlink and completion can never race.
+///
+/// One task does it all, reading, handling and writing, without waiting on
+/// any one of them: a large OUT transfer arriving slowly never holds back the
+/// completions of other URBs, and a client slow to read its replies never
+/// stops its commands from being read, up to [`OUT_HIGH_WATER`] of replies.
+/// On a gateway's small CPU every hand-off between tasks costs time on each
+/// round trip, so there are none.
 async fn run_urbs(
     stream: TcpStream,
     mut buf: BytesMut,
@@ -194,42 +204,40 @@ async fn run_urbs(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     device.attach(events_tx);
 
-    // Commands are decoded on their own task so a large OUT transfer
-    // arriving slowly never holds back completions of other URBs.
-    let (cmd_tx, mut commands) = mpsc::channel::<Result<CmdMessage, ConnectionError>>(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            let msg = read_message(&mut rd, &mut buf, CmdMessage::decode).await;
-            let done = !matches!(msg, Ok(Some(_)));
-            let item = match msg {
-                Ok(Some(m)) => Ok(m),
-                Ok(None) => break,
-                Err(e) => Err(e),
-            };
-            if cmd_tx.send(item).await.is_err() || done {
-                break;
-            }
-        }
-    });
-    let _abort_reader = AbortOnDrop(reader);
-
     let mut session = Session::new(devid);
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        tokio::select! {
-            cmd = commands.recv() => match cmd {
-                Some(Ok(msg)) => {
-                    for action in session.on_command(msg)? {
-                        match action {
-                            Action::Submit(urb) => device.submit(urb),
-                            Action::Cancel(seqnum) => device.cancel(seqnum),
-                            Action::Reply(reply) => reply.encode(&mut out)?,
-                        }
-                    }
+        while let Some(msg) = CmdMessage::decode(&mut buf)? {
+            for action in session.on_command(msg)? {
+                match action {
+                    Action::Submit(urb) => device.submit(urb),
+                    Action::Cancel(seqnum) => device.cancel(seqnum),
+                    Action::Reply(reply) => reply.encode(&mut out)?,
                 }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
-            },
+            }
+        }
+        // Most replies fit the socket's buffer at once: no trip through the
+        // runtime for them.
+        if !out.is_empty() {
+            match wr.try_write(&out) {
+                Ok(n) => out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            n = rd.read_buf(&mut buf), if out.len() < OUT_HIGH_WATER => {
+                if n? == 0 {
+                    return if buf.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(ConnectionError::Truncated(buf.len()))
+                    };
+                }
+            }
             event = events.recv() => {
                 let mut next = event;
                 // Batch whatever else has completed into the same write.
@@ -241,10 +249,7 @@ async fn run_urbs(
                     next = if out.len() < READ_CHUNK { events.try_recv().ok() } else { None };
                 }
             }
-        }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
+            n = wr.write(&out), if !out.is_empty() => out.advance(n?),
         }
     }
 }
@@ -254,14 +259,6 @@ fn encode_all(replies: Vec<RetMessage>, out: &mut BytesMut) -> Result<(), ProtoE
         reply.encode(out)?;
     }
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]
