@@ -7,9 +7,14 @@
 //! The `vusb-probe` binary ([`probe`]) measures from inside the test
 //! guests: pendrive throughput, serial and HID round trips, and a HID
 //! report stream.
+//!
+//! The `usbfs-floor` binary ([`floor`]) is the least a USB/IP server in
+//! user space can do per URB: a yardstick for hrh-exporter in the URB
+//! benchmark.
 
 pub mod client;
 pub mod cpu;
+pub mod floor;
 pub mod pattern;
 pub mod probe;
 pub mod report;

@@ -145,8 +145,8 @@ offered() {
 exported_or_dead() { offered "$@" || ! server_alive; }
 
 # hrh_export SERVER [PROGRAM]: starts usbipd (binding every device to usbip-host) or
-# hrh-exporter (one --device per bus id; PROGRAM: another build's path) and waits until it
-# offers every device.
+# hrh-exporter (one --device per bus id; PROGRAM: the path of another build, or of a program
+# taking the same options) and waits until it offers every device.
 hrh_export() {
     kind=$1
     # Where this server's lines start in the log (offered looks for imports there).
@@ -509,8 +509,8 @@ pub struct HrhConfig {
     capture: Option<PathBuf>,
     /// Programs of the host to put into the guest.
     host_tools: Vec<PathBuf>,
-    /// Another build of hrh-exporter, put into the guest as [`SECOND_EXPORTER`].
-    second_exporter: Option<PathBuf>,
+    /// Programs of the host to put into the guest at the paths given.
+    programs_at: Vec<(PathBuf, &'static str)>,
     /// Whether the HRH has the bulk sink gadget too.
     sink: bool,
 }
@@ -518,6 +518,10 @@ pub struct HrhConfig {
 /// Where [`HrhConfig::with_second_exporter`] puts the other build of hrh-exporter. Its name
 /// stays `hrh-exporter`, which is how the HRH's CPU readings find the server's threads.
 pub const SECOND_EXPORTER: &str = "/opt/second/hrh-exporter";
+
+/// Where [`HrhConfig::with_floor_server`] puts `usbfs-floor`, under hrh-exporter's name
+/// for the same reason; it takes the options [`Hrh::start_exporter_at`] gives.
+pub const FLOOR_SERVER: &str = "/opt/floor/hrh-exporter";
 
 impl HrhConfig {
     /// An HRH whose log is `<name>.log`, with a 16 MiB storage gadget and without hrh-exporter.
@@ -530,7 +534,7 @@ impl HrhConfig {
             forwards: Vec::new(),
             capture: None,
             host_tools: Vec::new(),
-            second_exporter: None,
+            programs_at: Vec::new(),
             sink: false,
         }
     }
@@ -539,8 +543,16 @@ impl HrhConfig {
     /// workspace's) into the guest as [`SECOND_EXPORTER`], for comparing two builds in one
     /// HRH ([`Hrh::start_exporter_at`]).
     pub fn with_second_exporter(mut self, path: &Path) -> Self {
-        self.second_exporter = Some(path.to_owned());
+        self.programs_at.push((path.to_owned(), SECOND_EXPORTER));
         self
+    }
+
+    /// Puts the workspace's `usbfs-floor` (the least a user-space USB/IP server can do per
+    /// URB) into the guest as [`FLOOR_SERVER`].
+    pub fn with_floor_server(mut self) -> Result<Self> {
+        let path = crate::exporter::workspace_binary("usbfs-floor")?;
+        self.programs_at.push((path, FLOOR_SERVER));
+        Ok(self)
     }
 
     /// Adds the bulk sink gadget (`sink` in guest-images/hrh-gadgets.sh): a fifth device,
@@ -664,8 +676,8 @@ vusb_serve
         for name in &config.binaries {
             guest = guest.workspace_binary(name)?;
         }
-        if let Some(path) = &config.second_exporter {
-            for (path, contents) in crate::binaries::binary_files_at(path, SECOND_EXPORTER)? {
+        for (path, guest_path) in &config.programs_at {
+            for (path, contents) in crate::binaries::binary_files_at(path, guest_path)? {
                 guest = guest.file(&path, contents, 0o755);
             }
         }

@@ -13,7 +13,10 @@
 //! * `usbipd`: Debian's usbipd and the kernel's usbip-host;
 //! * `hrh-exporter`: the workspace's;
 //! * `second`: another build of hrh-exporter ([`Options::second_exporter`]), to compare a
-//!   change with what came before it.
+//!   change with what came before it;
+//! * `floor`: `usbfs-floor` ([`Options::floor`]), the least a USB/IP server in user space
+//!   can do per URB (`vusb_bench::floor`): how far hrh-exporter is from what user space
+//!   allows, as against how far it is from the kernel.
 //!
 //! Around each of `usbip-load`'s measuring windows the HRH's `/proc` is read ([`hrh_cpu`]):
 //! `usbip-load` announces each window's edges on its standard output and waits until told
@@ -31,7 +34,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::exporter::workspace_binary;
-use crate::hrh::{find_device, Hrh, HrhConfig, Server, SECOND_EXPORTER};
+use crate::hrh::{find_device, Hrh, HrhConfig, Server, FLOOR_SERVER, SECOND_EXPORTER};
 use crate::linkbench::hrh_cpu::{self, HrhCpu};
 use crate::linkbench::profile;
 use vusb_bench::client::{WINDOW_CLOSED, WINDOW_OPEN};
@@ -44,6 +47,8 @@ pub enum Contender {
     HrhExporter,
     /// The build of [`Options::second_exporter`].
     Second,
+    /// `usbfs-floor` ([`Options::floor`]).
+    Floor,
 }
 
 impl Contender {
@@ -52,6 +57,7 @@ impl Contender {
             Contender::Usbipd => "usbipd",
             Contender::HrhExporter => "hrh-exporter",
             Contender::Second => "second",
+            Contender::Floor => "floor",
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct Options {
     pub second_exporter: Option<PathBuf>,
     /// Leave `usbipd` out.
     pub without_usbipd: bool,
+    /// Measure `usbfs-floor` as well.
+    pub floor: bool,
     /// Sample the HRH's CPU with perf during each server's first turn and write the
     /// reports here, one per server ([`crate::linkbench::profile`]). Sampling costs the
     /// HRH some CPU, the same for every server.
@@ -103,6 +111,7 @@ impl Default for Options {
             directions: vec!["out", "in"],
             second_exporter: None,
             without_usbipd: false,
+            floor: false,
             profiles: None,
         }
     }
@@ -133,6 +142,9 @@ impl Options {
         all.push(Contender::HrhExporter);
         if self.second_exporter.is_some() {
             all.push(Contender::Second);
+        }
+        if self.floor {
+            all.push(Contender::Floor);
         }
         all
     }
@@ -220,6 +232,9 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
     if let Some(path) = &options.second_exporter {
         config = config.with_second_exporter(path);
     }
+    if options.floor {
+        config = config.with_floor_server()?;
+    }
     if let Some(dir) = &options.profiles {
         profile::check_available()?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -248,6 +263,7 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
                 Contender::Usbipd => hrh.start_server(Server::Usbipd),
                 Contender::HrhExporter => hrh.start_server(Server::HrhExporter),
                 Contender::Second => hrh.start_exporter_at(SECOND_EXPORTER),
+                Contender::Floor => hrh.start_exporter_at(FLOOR_SERVER),
             };
             output.with_context(|| format!("starting {}", contender.name()))?;
             let profiled = options.profiles.as_ref().filter(|_| round == 1);
@@ -402,10 +418,13 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-/// The medians over the rounds, one row per cell and server, then every window.
+/// The medians and the best values (lowest time, highest rate) over the rounds, one row
+/// per cell and server, then every window. The best is the figure least disturbed by the
+/// host: the HRH's share of the host's CPUs varies from window to window, and a smaller
+/// share only ever adds time.
 pub fn markdown(options: &Options, samples: &[Sample]) -> String {
     let mut md = String::from(
-        "## Medians over the rounds\n\n\
+        "## Medians over the rounds (best in brackets)\n\n\
          | cell | server | URB/s | latency p50 (µs) | HRH CPU per URB (µs) | server threads per URB (µs) |\n\
          |---|---|---:|---:|---:|---:|\n",
     );
@@ -418,18 +437,26 @@ pub fn markdown(options: &Options, samples: &[Sample]) -> String {
             if of.is_empty() {
                 continue;
             }
-            let med = |f: &dyn Fn(&Sample) -> Option<f64>| {
-                median(&of.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
-                    .map_or("-".into(), |v| format!("{v:.0}"))
+            let stat = |f: &dyn Fn(&Sample) -> Option<f64>, best_is_low: bool| {
+                let values: Vec<f64> = of.iter().filter_map(|s| f(s)).collect();
+                let best =
+                    values
+                        .iter()
+                        .copied()
+                        .reduce(if best_is_low { f64::min } else { f64::max });
+                match (median(&values), best) {
+                    (Some(m), Some(b)) => format!("{m:.0} ({b:.0})"),
+                    _ => "-".into(),
+                }
             };
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 cell.label(),
                 contender.name(),
-                med(&|s| Some(s.urbs_per_s)),
-                med(&|s| Some(s.latency_p50_us)),
-                med(&|s| Some(s.hrh_us_per_urb)),
-                med(&|s| s.server_us_per_urb),
+                stat(&|s| Some(s.urbs_per_s), false),
+                stat(&|s| Some(s.latency_p50_us), true),
+                stat(&|s| Some(s.hrh_us_per_urb), true),
+                stat(&|s| s.server_us_per_urb, true),
             ));
         }
     }
@@ -531,6 +558,42 @@ mod tests {
             }]
         );
         assert!(parse_load_json(r#"{"results": [{"size": 1}]}"#).is_err());
+    }
+
+    #[test]
+    fn the_table_gives_medians_and_the_best_window() {
+        let options = Options {
+            sizes: vec![512],
+            directions: vec!["out"],
+            without_usbipd: true,
+            ..Options::default()
+        };
+        let cell = options.cells()[0];
+        let samples: Vec<Sample> = [(100.0, 300.0), (300.0, 500.0), (200.0, 700.0)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(rate, busy_ms))| {
+                let load = LoadResult {
+                    direction: "out".into(),
+                    size: 512,
+                    depth: 1,
+                    urbs: 1000,
+                    urbs_per_s: rate,
+                    latency_p50_us: 10.0,
+                };
+                let hrh = HrhCpu {
+                    server_ms: None,
+                    busy_ms,
+                    elapsed_ms: 1000.0,
+                };
+                Sample::new(Contender::HrhExporter, i as u32 + 1, cell, &load, hrh)
+            })
+            .collect();
+        let md = markdown(&options, &samples);
+        assert!(
+            md.contains("| out 512 B x1 | hrh-exporter | 200 (300) | 10 (10) | 500 (300) | - |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ struct Args {
     /// Leave Debian's usbipd out.
     #[arg(long)]
     without_usbipd: bool,
+    /// Measure usbfs-floor too: the least a USB/IP server in user space can do per URB.
+    #[arg(long)]
+    floor: bool,
     /// Sample the HRH's CPU with perf during each server's first round, into
     /// DIR/profiles/<server>.txt (costs the HRH some CPU: compare that round's numbers
     /// with each other only).
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
         directions,
         second_exporter: args.second_exporter,
         without_usbipd: args.without_usbipd,
+        floor: args.floor,
         profiles: args.profile.then(|| args.out.join("profiles")),
     };
     std::fs::create_dir_all(&args.out)
