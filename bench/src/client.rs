@@ -323,14 +323,14 @@ impl Client {
             timeout,
             server_clock,
             own_clock,
-            announce,
+            announce: announcing,
             ..
         } = self;
         // Announces a window's edge and waits for the go-ahead (blocking the
         // runtime is the point: nothing may happen until the reader has
         // looked at the server).
         let announce = |line: &str| {
-            if *announce {
+            if *announcing {
                 use std::io::{BufRead, Write};
                 let mut out = std::io::stdout().lock();
                 // A reader that went away costs the announcement, not the run.
@@ -453,6 +453,13 @@ impl Client {
                     announce(WINDOW_OPEN);
                     phase = Phase::Measuring;
                     window_open = Instant::now();
+                    if *announcing {
+                        // The wait is not the server's: the URBs in flight count
+                        // their time from now.
+                        for urb in pending.values_mut() {
+                            urb.submitted = window_open;
+                        }
+                    }
                     cpu_at_open = cpu_times()?;
                 }
                 Phase::Measuring => {

@@ -239,7 +239,12 @@ async fn run_urbs(
                 }
             }
             event = events.recv() => {
-                let mut next = event;
+                // The device dropped its end: it is gone as surely as if it had
+                // said so (and an empty channel would be ready forever).
+                let Some(event) = event else {
+                    return Err(ConnectionError::DeviceGone);
+                };
+                let mut next = Some(event);
                 // Batch whatever else has completed into the same write.
                 while let Some(event) = next {
                     match event {

@@ -7,11 +7,12 @@
 //! its reply. No event loop, no `poll`, no library between it and usbfs: per URB one
 //! receive, one submit, one reap and one send, and two threads woken, as in usbip-host.
 //!
-//! What it leaves out, because a measurement does not need it:
+//! What it leaves out or keeps simple, because a measurement does not need more:
 //! - devices with a driver bound on the gateway: it claims interfaces, it takes them from
 //!   no driver;
-//! - cancelling: a CMD_UNLINK is answered as if its URB had completed already (status 0,
-//!   which clients accept), and the URB completes;
+//! - cancelling is usbip-host's, without its races' finer points: a CMD_UNLINK discards its
+//!   URB in usbfs; if usbfs cancelled it the client gets RET_UNLINK with `-ECONNRESET` and no
+//!   RET_SUBMIT, if it completed first the client gets both (the RET_UNLINK with 0);
 //! - SET_CONFIGURATION and SET_INTERFACE are answered without asking the device (the
 //!   gateway configured it);
 //! - isochronous URBs;
@@ -20,10 +21,11 @@
 mod sysfs;
 mod usbfs;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -254,8 +256,17 @@ impl Urb {
 struct Shared {
     fd: Arc<OwnedFd>,
     writer: Mutex<TcpStream>,
-    /// The URBs in the kernel's hands, for cancelling them when the connection ends.
-    in_flight: Mutex<HashSet<usize>>,
+    /// The URBs in the kernel's hands by seqnum: where each is, and the seqnum of a
+    /// CMD_UNLINK waiting for its outcome.
+    in_flight: Mutex<HashMap<u32, InFlight>>,
+    /// The socket failed: the reaping thread reaps but answers no more.
+    broken: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    urb: usize,
+    unlink: Option<u32>,
 }
 
 impl Shared {
@@ -267,21 +278,27 @@ impl Shared {
         Ok(())
     }
 
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u32, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `urb` to usbfs (the marker too, under seqnum 0, which clients never use).
     fn submit(&self, urb: Box<Urb>) -> std::io::Result<()> {
+        let seqnum = urb.seqnum;
         let ptr = Box::into_raw(urb);
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ptr as usize);
+        self.in_flight().insert(
+            seqnum,
+            InFlight {
+                urb: ptr as usize,
+                unlink: None,
+            },
+        );
         // SAFETY: `ptr` is a live box, unmoved, until the reaping thread takes it back
         // with Box::from_raw after the kernel hands it over; the kernel writes only into
         // the RawUrb at its start and into its buffer.
         let submitted = unsafe { usbfs::submit(&self.fd, ptr.cast::<RawUrb>()) };
         if let Err(e) = submitted {
-            self.in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(ptr as usize));
+            self.in_flight().remove(&seqnum);
             // SAFETY: the kernel refused it, so nobody else holds it.
             drop(unsafe { Box::from_raw(ptr) });
             return Err(e);
@@ -299,7 +316,8 @@ fn run_urbs(
     let shared = Arc::new(Shared {
         fd: Arc::clone(&device.fd),
         writer: Mutex::new(stream.try_clone()?),
-        in_flight: Mutex::new(HashSet::new()),
+        in_flight: Mutex::new(HashMap::new()),
+        broken: AtomicBool::new(false),
     });
     let reaper = std::thread::spawn({
         let shared = Arc::clone(&shared);
@@ -309,13 +327,9 @@ fn run_urbs(
 
     // Cancel what is left, then send the marker through usbfs: the reaping thread ends
     // once it has reaped both.
-    for &ptr in shared
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        usbfs::discard(&shared.fd, ptr as *mut RawUrb);
+    shared.broken.store(true, Ordering::Release);
+    for urb in shared.in_flight().values() {
+        usbfs::discard(&shared.fd, urb.urb as *mut RawUrb);
     }
     // GET_STATUS of the device: answered by every device.
     let get_status = vec![0x80, 0x00, 0, 0, 0, 0, 2, 0, 0, 0];
@@ -339,16 +353,34 @@ fn receive_loop(
     while let Some(msg) = read_message(stream, buf, chunk, CmdMessage::decode)? {
         match msg {
             CmdMessage::Submit(c) => submit(shared, device, c)?,
-            CmdMessage::Unlink(u) => shared.send(RetMessage::Unlink(RetUnlink {
-                header: reply_header(u.header.seqnum),
-                status: 0,
-            }))?,
+            CmdMessage::Unlink(u) => {
+                let target = {
+                    let mut in_flight = shared.in_flight();
+                    match in_flight.get_mut(&u.unlink_seqnum) {
+                        Some(urb) if urb.unlink.is_none() => {
+                            urb.unlink = Some(u.header.seqnum);
+                            Some(urb.urb)
+                        }
+                        _ => None,
+                    }
+                };
+                match target {
+                    // The reaping thread answers, when usbfs hands the URB back.
+                    Some(urb) => usbfs::discard(&shared.fd, urb as *mut RawUrb),
+                    // Answered already (or never seen): nothing to cancel.
+                    None => shared.send(ret_unlink(u.header.seqnum, 0))?,
+                }
+            }
         }
     }
     Ok(())
 }
 
 fn submit(shared: &Shared, device: &Device, c: CmdSubmit) -> Result<()> {
+    let seqnum = c.header.seqnum;
+    if seqnum == 0 || shared.in_flight().contains_key(&seqnum) {
+        bail!("seqnum {seqnum} is 0 or already in flight");
+    }
     let is_in = c.header.direction == Direction::In;
     let endpoint = c.header.ep as u8 | if is_in { 0x80 } else { 0 };
     let length = c.transfer_buffer_length as usize;
@@ -409,47 +441,69 @@ fn reap_loop(shared: &Shared) {
                 return;
             }
         };
-        let left = {
-            let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            in_flight.remove(&(raw as usize));
-            in_flight.len()
-        };
         // SAFETY: every URB submitted is a leaked Box<Urb> whose first field is the
         // RawUrb; the kernel hands each back exactly once.
         let urb = unsafe { Box::from_raw(raw.cast::<Urb>()) };
+        let (unlink, left) = {
+            let mut in_flight = shared.in_flight();
+            let unlink = in_flight.remove(&urb.seqnum).and_then(|u| u.unlink);
+            (unlink, in_flight.len())
+        };
         if urb.last {
             ending = true;
-        } else if !ending {
-            let actual = urb.raw.actual_length.max(0) as usize;
-            let (data, actual_length) = match urb.direction {
-                Direction::In => {
-                    let start = urb.data_offset;
-                    let end = (start + actual).min(urb.buffer.len());
-                    let data = Bytes::copy_from_slice(&urb.buffer[start..end]);
-                    let len = data.len();
-                    (data, len)
-                }
-                Direction::Out => (Bytes::new(), actual),
-            };
-            let reply = RetMessage::Submit(RetSubmit {
-                header: reply_header(urb.seqnum),
-                status: urb.raw.status,
-                actual_length: actual_length as u32,
-                start_frame: 0,
-                number_of_packets: urb.number_of_packets,
-                error_count: 0,
-                data,
-                iso_packets: Vec::new(),
-            });
-            if let Err(e) = shared.send(reply) {
+        } else if !shared.broken.load(Ordering::Acquire) {
+            if let Err(e) = answer(shared, &urb, unlink) {
                 eprintln!("usbfs-floor: sending a reply failed: {e:#}");
-                ending = true;
+                // The receiving thread sees the connection end and sends the marker.
+                shared.broken.store(true, Ordering::Release);
+                let writer = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writer.shutdown(std::net::Shutdown::Both);
             }
         }
         if ending && left == 0 {
             return;
         }
     }
+}
+
+/// The replies for a reaped URB, as usbip-host gives them.
+fn answer(shared: &Shared, urb: &Urb, unlink: Option<u32>) -> Result<()> {
+    let cancelled = matches!(-urb.raw.status, libc::ECONNRESET | libc::ENOENT);
+    if let (Some(unlink), true) = (unlink, cancelled) {
+        return shared.send(ret_unlink(unlink, -libc::ECONNRESET));
+    }
+    let actual = urb.raw.actual_length.max(0) as usize;
+    let (data, actual_length) = match urb.direction {
+        Direction::In => {
+            let start = urb.data_offset;
+            let end = (start + actual).min(urb.buffer.len());
+            let data = Bytes::copy_from_slice(&urb.buffer[start..end]);
+            let len = data.len();
+            (data, len)
+        }
+        Direction::Out => (Bytes::new(), actual),
+    };
+    shared.send(RetMessage::Submit(RetSubmit {
+        header: reply_header(urb.seqnum),
+        status: urb.raw.status,
+        actual_length: actual_length as u32,
+        start_frame: 0,
+        number_of_packets: urb.number_of_packets,
+        error_count: 0,
+        data,
+        iso_packets: Vec::new(),
+    }))?;
+    if let Some(unlink) = unlink {
+        shared.send(ret_unlink(unlink, 0))?;
+    }
+    Ok(())
+}
+
+fn ret_unlink(seqnum: u32, status: i32) -> RetMessage {
+    RetMessage::Unlink(RetUnlink {
+        header: reply_header(seqnum),
+        status,
+    })
 }
 
 fn ret_submit(c: &CmdSubmit, status: i32, actual_length: u32, data: Bytes) -> RetMessage {
