@@ -21,7 +21,9 @@
 //! Around each of `usbip-load`'s measuring windows the HRH's `/proc` is read ([`hrh_cpu`]):
 //! `usbip-load` announces each window's edges on its standard output and waits until told
 //! to go on, so the readings bracket exactly the URBs it counts. The server's threads' run
-//! time and the whole guest's busy time are divided by those URBs. The whole guest's time
+//! time and the whole guest's busy time are divided by those URBs. The busy time is the
+//! kernel's tick-sampled count (10 ms ticks), the threads' run time an exact one: over a
+//! short window the first can read a little below the second. The whole guest's time
 //! is the fair figure: usbip-host does part of its work in interrupt context, which no
 //! thread of its own is charged with.
 

@@ -45,9 +45,11 @@ fn every_server_is_measured_in_every_window() -> Result<()> {
             "{md}"
         );
         // The last window's closing reading comes before usbip-load lets go of the
-        // device, so usbip-host's threads are still there to be read.
+        // device, so usbip-host's threads are still there to be read. The HRH's busy time
+        // is sampled at its clock's ticks (10 ms), the server's counted exactly: over
+        // these 1 s windows the first may come out a little below the second.
         let server = s.server_us_per_urb.unwrap_or(0.0);
-        assert!(server > 0.0 && server <= s.hrh_us_per_urb, "{md}");
+        assert!(server > 0.0 && server <= 1.25 * s.hrh_us_per_urb, "{md}");
     }
     Ok(())
 }
