@@ -19,12 +19,11 @@
 //! - more than one connection at a time.
 
 mod sysfs;
-mod usbfs;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,9 +39,7 @@ use usbfs::RawUrb;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// usbfs's URB flags for the Linux ones a client may send.
-const USBFS_SHORT_NOT_OK: u32 = 0x01;
-const USBFS_ZERO_PACKET: u32 = 0x40;
+/// Linux's `URB_ZERO_PACKET`, which usbfs spells differently.
 const URB_ZERO_PACKET: u32 = 0x0040;
 
 /// `usbfs-floor --listen ADDR --device BUSID...`: serves until killed.
@@ -180,15 +177,12 @@ impl Device {
     fn open(busid: &str) -> Result<Self> {
         let (info, _) = sysfs::describe(busid)?;
         let path = sysfs::usbfs_path(&info);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let fd = Arc::new(OwnedFd::from(file));
+        let fd = Arc::new(
+            usbfs::open_path(&path).with_context(|| format!("opening {}", path.display()))?,
+        );
         let interfaces = u32::from(info.num_interfaces);
         for number in 0..interfaces {
-            usbfs::claim_interface(&fd, number)
+            usbfs::claim_interface(fd.as_fd(), number)
                 .with_context(|| format!("claiming interface {number} of {busid}"))?;
         }
         let endpoint_types = sysfs::endpoint_types(busid, info.configuration_value)?;
@@ -202,7 +196,7 @@ impl Device {
 
     fn release(&self) {
         for number in 0..self.interfaces {
-            let _ = usbfs::release_interface(&self.fd, number);
+            let _ = usbfs::release_interface(self.fd.as_fd(), number);
         }
     }
 }
@@ -296,7 +290,7 @@ impl Shared {
         // SAFETY: `ptr` is a live box, unmoved, until the reaping thread takes it back
         // with Box::from_raw after the kernel hands it over; the kernel writes only into
         // the RawUrb at its start and into its buffer.
-        let submitted = unsafe { usbfs::submit(&self.fd, ptr.cast::<RawUrb>()) };
+        let submitted = unsafe { usbfs::submit(self.fd.as_fd(), ptr.cast::<RawUrb>()) };
         if let Err(e) = submitted {
             self.in_flight().remove(&seqnum);
             // SAFETY: the kernel refused it, so nobody else holds it.
@@ -329,7 +323,7 @@ fn run_urbs(
     // once it has reaped both.
     shared.broken.store(true, Ordering::Release);
     for urb in shared.in_flight().values() {
-        usbfs::discard(&shared.fd, urb.urb as *mut RawUrb);
+        usbfs::discard(shared.fd.as_fd(), urb.urb as *mut RawUrb);
     }
     // GET_STATUS of the device: answered by every device.
     let get_status = vec![0x80, 0x00, 0, 0, 0, 0, 2, 0, 0, 0];
@@ -366,7 +360,7 @@ fn receive_loop(
                 };
                 match target {
                     // The reaping thread answers, when usbfs hands the URB back.
-                    Some(urb) => usbfs::discard(&shared.fd, urb as *mut RawUrb),
+                    Some(urb) => usbfs::discard(shared.fd.as_fd(), urb as *mut RawUrb),
                     // Answered already (or never seen): nothing to cancel.
                     None => shared.send(ret_unlink(u.header.seqnum, 0))?,
                 }
@@ -413,10 +407,10 @@ fn submit(shared: &Shared, device: &Device, c: CmdSubmit) -> Result<()> {
     };
     let mut flags = 0;
     if is_in && c.transfer_flags & transfer_flags::SHORT_NOT_OK != 0 {
-        flags |= USBFS_SHORT_NOT_OK;
+        flags |= usbfs::FLAG_SHORT_NOT_OK;
     }
     if !is_in && c.transfer_flags & URB_ZERO_PACKET != 0 {
-        flags |= USBFS_ZERO_PACKET;
+        flags |= usbfs::FLAG_ZERO_PACKET;
     }
     let mut urb = Urb::new(kind, endpoint, flags, buffer);
     urb.seqnum = c.header.seqnum;
@@ -434,7 +428,7 @@ fn submit(shared: &Shared, device: &Device, c: CmdSubmit) -> Result<()> {
 fn reap_loop(shared: &Shared) {
     let mut ending = false;
     loop {
-        let raw = match usbfs::reap(&shared.fd) {
+        let raw = match usbfs::reap(shared.fd.as_fd()) {
             Ok(raw) => raw,
             Err(e) => {
                 eprintln!("usbfs-floor: reaping failed: {e}");

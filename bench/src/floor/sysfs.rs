@@ -108,8 +108,8 @@ pub fn endpoint_types(busid: &str, configuration: u8) -> Result<HashMap<u8, u8>>
             };
             let kind = std::fs::read_to_string(ep.path().join("type")).unwrap_or_default();
             let kind = match kind.trim() {
-                "Bulk" => super::usbfs::TYPE_BULK,
-                "Interrupt" => super::usbfs::TYPE_INTERRUPT,
+                "Bulk" => usbfs::TYPE_BULK,
+                "Interrupt" => usbfs::TYPE_INTERRUPT,
                 _ => continue,
             };
             types.insert(address, kind);
