@@ -111,7 +111,11 @@ impl UrbBlock {
     pub fn iso_mut(&mut self) -> &mut [IsoPacketDesc] {
         // SAFETY: as in `iso`, exclusive through `&mut self`.
         unsafe {
-            let first = self.words.as_mut_ptr().cast::<u8>().add(size_of::<RawUrb>());
+            let first = self
+                .words
+                .as_mut_ptr()
+                .cast::<u8>()
+                .add(size_of::<RawUrb>());
             std::slice::from_raw_parts_mut(first.cast::<IsoPacketDesc>(), self.packets)
         }
     }
@@ -169,7 +173,7 @@ pub fn reap(fd: BorrowedFd<'_>) -> io::Result<*mut RawUrb> {
 /// one, which callers prevent by forgetting an URB before freeing it.
 pub fn discard(fd: BorrowedFd<'_>, urb: *mut RawUrb) {
     // SAFETY: the kernel reads nothing through `urb` (see above).
-    unsafe { libc::ioctl(fd.as_raw_fd(), DISCARDURB, urb) };
+    unsafe { libc::ioctl(fd.as_raw_fd(), DISCARDURB, urb as usize) };
 }
 
 pub fn claim_interface(fd: BorrowedFd<'_>, number: u32) -> io::Result<()> {

@@ -5,20 +5,17 @@
 //! devices once and then keeps the list current only from udev's hot-plug
 //! events; where udevd does not run (small gateways, the test guests) a
 //! long-lived context would never see a device plugged in later. A device
-//! is opened in the context of the scan that found it, and that context
-//! gets event handling on the runtime for as long as devices opened in it
-//! live.
+//! opened for export gets a context of its own (see `handle`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusb::{ffi, Context, UsbContext};
-use tokio::runtime::Handle;
 use tracing::debug;
 use usbip_proto::speed;
 
@@ -26,7 +23,6 @@ use super::descriptors::{
     split_sysfs_descriptors, AltSetting, Configuration, DeviceDescriptor, Endpoint, Location,
     CLASS_HUB,
 };
-use super::events::EventLoop;
 use super::handle::LibusbDevice;
 use super::LibusbError;
 
@@ -35,29 +31,6 @@ const SYSFS_USB_DEVICES: &str = "/sys/bus/usb/devices";
 
 /// How long reading a string descriptor from a device may take.
 const STRING_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The libusb context of one scan and, once a device found in it is
-/// opened, its event handling.
-#[derive(Debug)]
-pub(super) struct ScanContext {
-    context: Context,
-    runtime: Option<Handle>,
-    events: Mutex<Weak<EventLoop>>,
-}
-
-impl ScanContext {
-    /// The context's event handling, started on first use.
-    pub(super) fn event_loop(&self) -> Result<Arc<EventLoop>, LibusbError> {
-        let mut slot = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(events) = slot.upgrade() {
-            return Ok(events);
-        }
-        let runtime = self.runtime.as_ref().ok_or(LibusbError::NoRuntime)?;
-        let events = Arc::new(EventLoop::start(self.context.clone(), runtime));
-        *slot = Arc::downgrade(&events);
-        Ok(events)
-    }
-}
 
 /// A USB device present on the machine.
 #[derive(Debug, Clone)]
@@ -83,7 +56,6 @@ pub struct FoundDevice {
     pub(super) location: Location,
     pub(super) descriptor: DeviceDescriptor,
     pub(super) device: rusb::Device<Context>,
-    pub(super) scan: Arc<ScanContext>,
 }
 
 impl FoundDevice {
@@ -102,8 +74,6 @@ pub struct LibusbSource {
     /// Keeps libusb's process-wide state (its hot-plug monitor thread on
     /// Linux) alive between scans instead of rebuilding it for each.
     _context: Context,
-    /// Where opened devices' completions are handled.
-    runtime: Option<Handle>,
     /// Strings read from devices, where sysfs does not show them, so that
     /// a poll does not ask every device again.
     strings: Mutex<HashMap<StringsKey, Strings>>,
@@ -119,12 +89,10 @@ struct Strings {
 }
 
 impl LibusbSource {
-    /// A source whose devices can be listed, and opened if this is called
-    /// inside a tokio runtime (their transfers complete on it).
+    /// A source whose devices can be listed and opened.
     pub fn new() -> Result<Self, LibusbError> {
         Ok(Self {
             _context: Context::new().map_err(LibusbError::Init)?,
-            runtime: Handle::try_current().ok(),
             strings: Mutex::new(HashMap::new()),
         })
     }
@@ -136,11 +104,6 @@ impl LibusbSource {
     pub fn scan(&self) -> Result<Vec<FoundDevice>, LibusbError> {
         let context = Context::new().map_err(LibusbError::Init)?;
         let list = context.devices().map_err(LibusbError::Enumerate)?;
-        let scan = Arc::new(ScanContext {
-            context,
-            runtime: self.runtime.clone(),
-            events: Mutex::new(Weak::new()),
-        });
         let mut found = Vec::new();
         for device in list.iter() {
             let Some(descriptor) = device_descriptor(&device) else {
@@ -182,7 +145,6 @@ impl LibusbSource {
                 location,
                 descriptor,
                 device,
-                scan: Arc::clone(&scan),
             });
         }
         let present: HashSet<StringsKey> = found.iter().map(strings_key).collect();

@@ -1,23 +1,29 @@
-//! An opened USB device exported through libusb: claiming, URBs in flight,
-//! cancellation, unplug, and the requests Linux's usbip-host runs itself.
+//! An opened USB device: claiming, URBs in flight, cancellation, unplug,
+//! and the requests Linux's usbip-host runs itself.
+//!
+//! URBs go straight to usbfs and a thread of the device's own waits there
+//! for their completions (`submission`). libusb, in a context of the
+//! device's own where nobody handles events, only claims interfaces and
+//! runs the requests that are not transfers.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rusb::Context;
+use rusb::{Context, UsbContext};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 use usbip_proto::{errno, feature, request, SetupPacket};
 
 use super::descriptors::{build_identity, Configuration, DeviceDescriptor, Location};
 use super::discovery::{read_active_config, FoundDevice};
-use super::events::EventLoop;
 use super::mapped::{MappedPool, UsbfsMapper};
-use super::transfer::{self, rusb_error_errno, Prepared, TransferPtr};
+use super::submission::{self, Prepared, Submitted};
+use super::transfer::{self, rusb_error_errno};
 use super::LibusbError;
 use crate::device::{DeviceEvent, DeviceIdentity, Urb, UrbResult, UsbDevice};
 
@@ -72,7 +78,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// An URB the device has not answered yet.
 #[derive(Debug)]
 enum InFlight {
-    Transfer(TransferPtr),
+    Transfer(Submitted),
     /// A special request running on the request thread; it cannot be
     /// cancelled and is left to finish.
     Special,
@@ -107,14 +113,16 @@ pub struct Shared {
     /// Declared before `handle`, whose mappings these are: dropped first.
     buffers: Arc<MappedPool>,
     device: rusb::Device<Context>,
+    /// On `usbfs`, in a libusb context of its own: nothing but the reaping
+    /// thread may take URBs from the file.
     handle: rusb::DeviceHandle<Context>,
+    /// The device's usbfs file; the reaping thread holds it too.
+    usbfs: Arc<OwnedFd>,
     state: Mutex<State>,
     /// Signalled when the in-flight table becomes empty.
     idle: Condvar,
     gone: AtomicBool,
     requests: mpsc::Sender<Job>,
-    /// Declared last: dropped after the handle is closed.
-    _events: Arc<EventLoop>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -136,11 +144,21 @@ pub struct LibusbDevice {
 impl LibusbDevice {
     pub(super) fn open(found: &FoundDevice) -> Result<Arc<Self>, LibusbError> {
         let busid = found.busid.clone();
-        let handle = found.device.open().map_err(|source| LibusbError::Open {
+        let usbfs = usbfs::open(found.busnum.into(), found.devnum.into())
+            .map(Arc::new)
+            .map_err(|source| LibusbError::OpenFile {
+                busid: busid.clone(),
+                source,
+            })?;
+        let open_error = |source| LibusbError::Open {
             busid: busid.clone(),
             source,
-        })?;
-        let events = found.scan.event_loop()?;
+        };
+        let context = Context::new().map_err(open_error)?;
+        // SAFETY: the file is open and stays open (`Shared` holds it)
+        // longer than the handle, which libusb does not let close it.
+        let handle =
+            unsafe { context.open_device_with_fd(usbfs.as_raw_fd()) }.map_err(open_error)?;
         let (requests, jobs) = mpsc::channel::<Job>();
         // Special requests block (a reset takes a while); they run here,
         // in order, never on the async runtime, where completions are handled.
@@ -180,6 +198,7 @@ impl LibusbDevice {
             buffers,
             device: found.device.clone(),
             handle,
+            usbfs: Arc::clone(&usbfs),
             state: Mutex::new(State {
                 events: None,
                 generation: 0,
@@ -194,8 +213,19 @@ impl LibusbDevice {
             idle: Condvar::new(),
             gone: AtomicBool::new(false),
             requests,
-            _events: events,
         });
+        let weak = Arc::downgrade(&shared);
+        let name = shared.busid.clone();
+        std::thread::Builder::new()
+            .name(format!("reap-{name}"))
+            .spawn(move || {
+                submission::reap_loop(usbfs, &name, || {
+                    if let Some(device) = weak.upgrade() {
+                        device.mark_gone(&mut device.lock());
+                    }
+                })
+            })
+            .map_err(LibusbError::Thread)?;
         shared.refresh_config();
         Ok(Arc::new(Self { shared }))
     }
@@ -245,6 +275,16 @@ impl UsbDevice for LibusbDevice {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Every URB is back (each held the device): only the marker is left
+        // to send, which ends the reaping thread.
+        if !submission::stop_reaping(self.usbfs.as_fd()) && !self.is_gone() {
+            warn!("{}: cannot stop the reaping thread; it stays", self.busid);
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update of the state is complete before anything that could
@@ -255,10 +295,6 @@ impl Shared {
     /// The device's mapped transfer buffers.
     pub(super) fn buffers(&self) -> &Arc<MappedPool> {
         &self.buffers
-    }
-
-    pub(super) fn raw_handle(&self) -> *mut rusb::ffi::libusb_device_handle {
-        self.handle.as_raw()
     }
 
     fn is_gone(&self) -> bool {
@@ -298,9 +334,9 @@ impl Shared {
             Err(status) => return self.complete_now(generation, seqnum, status),
         };
         let mut st = self.lock();
-        // Submitted under the lock, so the completion (which takes it)
+        // Submitted under the lock, so the reaping thread (which takes it)
         // always finds the entry.
-        match prepared.submit() {
+        match prepared.submit(self.usbfs.as_fd()) {
             Ok(transfer) => {
                 st.in_flight
                     .insert((generation, seqnum), InFlight::Transfer(transfer));
@@ -323,9 +359,7 @@ impl Shared {
     fn cancel(&self, seqnum: u32) {
         let st = self.lock();
         if let Some(InFlight::Transfer(t)) = st.in_flight.get(&(st.generation, seqnum)) {
-            // SAFETY: the entry is in the table and we hold the lock, so
-            // the callback has not freed the transfer.
-            unsafe { t.cancel() };
+            t.cancel(self.usbfs.as_fd());
         }
     }
 
@@ -333,7 +367,7 @@ impl Shared {
         let mut st = self.lock();
         st.events = None;
         self.cancel_all(&st);
-        // Never leave while libusb still owns a transfer on our claims, and
+        // Never leave while usbfs still runs a transfer on our claims, and
         // let a special request finish before its interfaces go.
         let deadline = Instant::now() + DETACH_TIMEOUT;
         while !st.in_flight.is_empty() {
@@ -362,8 +396,7 @@ impl Shared {
     fn cancel_all(&self, st: &State) {
         for entry in st.in_flight.values() {
             if let InFlight::Transfer(t) = entry {
-                // SAFETY: in the table, under the lock (see `cancel`).
-                unsafe { t.cancel() };
+                t.cancel(self.usbfs.as_fd());
             }
         }
     }
@@ -388,7 +421,7 @@ impl Shared {
         }
     }
 
-    /// Completes an URB that never reached libusb.
+    /// Completes an URB that never reached usbfs.
     fn complete_now(&self, generation: u64, seqnum: u32, status: i32) {
         let st = self.lock();
         if generation == st.generation {
@@ -402,8 +435,23 @@ impl Shared {
         }
     }
 
+    /// Counts in one usbfs URB of transfer `seqnum`; with the last one the
+    /// record leaves the table (`Some(true)`). `None` if there is none.
+    pub(super) fn urb_reaped(&self, generation: u64, seqnum: u32) -> Option<bool> {
+        let mut st = self.lock();
+        let key = (generation, seqnum);
+        let Some(InFlight::Transfer(t)) = st.in_flight.get_mut(&key) else {
+            return None;
+        };
+        if !t.reaped_one() {
+            return Some(false);
+        }
+        st.in_flight.remove(&key);
+        Some(true)
+    }
+
     /// Delivers the result of an URB that was in flight, and forgets it.
-    /// Called where libusb handles events (transfers) or on the request thread.
+    /// Called on the reaping thread (transfers) or the request thread.
     pub(super) fn finish_urb(&self, generation: u64, mut result: UrbResult, device_lost: bool) {
         let mut st = self.lock();
         st.in_flight.remove(&(generation, result.seqnum));

@@ -1,14 +1,15 @@
-//! Real USB devices, exported through libusb as Linux's usbip-host would
-//! export them.
+//! Real USB devices, found and claimed through libusb and exported through
+//! usbfs as Linux's usbip-host would export them.
 //!
 //! * [`LibusbSource`] lists devices ([`LibusbSource::scan`]) and opens them
 //!   ([`LibusbSource::open`]); [`watch`] keeps the registry in step with
 //!   what is plugged in.
-//! * [`LibusbDevice`] is an exportable device: each URB becomes an
-//!   asynchronous libusb transfer (many in flight per endpoint), cancelled
-//!   on unlink; completions run on the async runtime, next to the
-//!   connections (`events`). Bulk and interrupt transfers run in buffers
-//!   mapped from usbfs, which the kernel uses without copying (`mapped`).
+//! * [`LibusbDevice`] is an exportable device: each URB goes straight to
+//!   usbfs (many in flight per endpoint) and is cancelled on unlink; a
+//!   thread per device waits in usbfs for completions and delivers them
+//!   (`submission`), as usbip-host's kernel thread would. Bulk and
+//!   interrupt transfers run in buffers mapped from usbfs, which the kernel
+//!   uses without copying (`mapped`).
 //! * SET_CONFIGURATION, SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and a
 //!   port reset are not forwarded: as usbip-host does, the exporter runs
 //!   the host's own operation (so the host's USB stack knows about it) and
@@ -16,9 +17,9 @@
 
 mod descriptors;
 mod discovery;
-mod events;
 mod handle;
 mod mapped;
+mod submission;
 mod transfer;
 mod uevents;
 mod watch;
@@ -36,10 +37,20 @@ pub enum LibusbError {
     Enumerate(#[source] rusb::Error),
     #[error("cannot open USB device {busid}: {source}{}", open_hint(.source))]
     Open { busid: String, source: rusb::Error },
-    #[error("cannot start a thread for libusb: {0}")]
+    #[error("cannot open USB device {busid}: {source}{}", open_file_hint(.source))]
+    OpenFile {
+        busid: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread for a USB device: {0}")]
     Thread(#[source] std::io::Error),
-    #[error("USB devices can only be opened inside the async runtime")]
-    NoRuntime,
+}
+
+fn open_file_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => open_hint(&rusb::Error::Access),
+        _ => "",
+    }
 }
 
 fn open_hint(e: &rusb::Error) -> &'static str {

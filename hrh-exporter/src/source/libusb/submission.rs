@@ -1,0 +1,339 @@
+//! URBs in the kernel's hands: a planned transfer handed to usbfs, cancelled
+//! on request, and reaped by a thread that waits in usbfs for completions.
+//!
+//! Ownership of an URB, start to end:
+//!
+//! 1. [`Prepared::new`] lays the plan out in a boxed [`Pending`]: the
+//!    transfer's buffer and one usbfs URB, or several for an isochronous URB
+//!    of more packets than usbfs takes at once. Each points back at the
+//!    `Pending`. Until submitted, dropping the [`Prepared`] frees it all.
+//! 2. [`Prepared::submit`] hands the URBs to usbfs, under the device's state
+//!    lock, and the device's in-flight table keeps the [`Submitted`] record
+//!    (their addresses, to cancel them, and how many are still out).
+//! 3. The reaping thread ([`reap_loop`]) gets each URB back from usbfs. Under
+//!    the same lock it counts it in, and with the last one takes the record
+//!    out of the table; only then does it free the `Pending`, so a cancel
+//!    never names an address a newer URB may have reused.
+//!
+//! `Pending` holds the device, which holds the usbfs file, so the file
+//! outlives every URB submitted on it.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use tracing::{error, warn};
+use usbfs::{RawUrb, UrbBlock};
+use usbip_proto::errno;
+
+use super::descriptors::transfer_type;
+use super::handle::Shared;
+use super::transfer::{finish, Kind, Outcome, Plan, TransferBuffer};
+use crate::device::UrbResult;
+
+/// What the reaping thread owns while usbfs runs a transfer.
+pub struct Pending {
+    /// Declared before `device`: a mapped buffer goes back to the device's
+    /// pool while the device, and so its mappings' file, still exists.
+    buffer: TransferBuffer,
+    urbs: Vec<UrbBlock>,
+    /// Why the later URBs of a split isochronous transfer never started.
+    failed: Option<i32>,
+    device: Arc<Shared>,
+    generation: u64,
+    seqnum: u32,
+    kind: Kind,
+}
+
+/// A transfer laid out for usbfs, not yet submitted.
+#[derive(Debug)]
+pub struct Prepared(Box<Pending>);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("seqnum", &self.seqnum)
+            .field("urbs", &self.urbs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// usbfs's URB type for an endpoint's transfer type.
+fn usbfs_type(ty: u8) -> u8 {
+    match ty {
+        transfer_type::CONTROL => usbfs::TYPE_CONTROL,
+        transfer_type::ISOCHRONOUS => usbfs::TYPE_ISO,
+        transfer_type::INTERRUPT => usbfs::TYPE_INTERRUPT,
+        _ => usbfs::TYPE_BULK,
+    }
+}
+
+impl Prepared {
+    /// Lays `plan` out for usbfs; its result goes to `device` as URB
+    /// `seqnum` of attachment `generation`.
+    pub fn new(
+        device: &Arc<Shared>,
+        generation: u64,
+        seqnum: u32,
+        plan: Plan,
+    ) -> Result<Self, i32> {
+        i32::try_from(plan.buffer.len()).map_err(|_| -errno::EINVAL)?;
+        let is_iso = plan.transfer_type == transfer_type::ISOCHRONOUS;
+        // Packets per usbfs URB: all of them, or as many as usbfs takes.
+        let chunks: Vec<&[u32]> = if is_iso {
+            plan.iso_lengths.chunks(usbfs::MAX_ISO_PACKETS).collect()
+        } else {
+            vec![&[]]
+        };
+        let urbs = chunks.iter().map(|c| UrbBlock::new(c.len())).collect();
+        let mut pending = Box::new(Pending {
+            buffer: plan.buffer.into_buffer(device.buffers()),
+            urbs,
+            failed: None,
+            device: Arc::clone(device),
+            generation,
+            seqnum,
+            kind: plan.kind,
+        });
+        let base = pending.buffer.as_mut_ptr();
+        let total = pending.buffer.len();
+        let mut offset = 0usize;
+        for (block, lengths) in pending.urbs.iter_mut().zip(&chunks) {
+            let length = if is_iso {
+                lengths.iter().map(|&l| l as usize).sum()
+            } else {
+                total
+            };
+            let urb = block.urb_mut();
+            urb.kind = usbfs_type(plan.transfer_type);
+            urb.endpoint = plan.endpoint;
+            urb.flags = plan.flags;
+            // SAFETY: the lengths add up to the buffer's length (the plan
+            // laid the packets out back to back), so this stays inside it.
+            urb.buffer = unsafe { base.add(offset) };
+            urb.buffer_length = length as i32;
+            urb.number_of_packets = lengths.len() as i32;
+            for (desc, &len) in block.iso_mut().iter_mut().zip(lengths.iter()) {
+                desc.length = len;
+            }
+            offset += length;
+        }
+        Ok(Self(pending))
+    }
+
+    /// Hands the URBs to usbfs on `fd`. Call it under the device's state
+    /// lock and put the record in the in-flight table before letting go:
+    /// the reaping thread looks for it there.
+    ///
+    /// `Err` with the errno when nothing could be started (everything is
+    /// freed). If only some URBs of a split isochronous transfer started,
+    /// the rest are cancelled and the transfer ends with the errno when
+    /// they are back.
+    pub fn submit(self, fd: BorrowedFd<'_>) -> Result<Submitted, i32> {
+        let pending = NonNull::from(Box::leak(self.0));
+        let p = pending.as_ptr();
+        // SAFETY: not submitted yet: the box is ours alone.
+        let count = unsafe { (*p).urbs.len() };
+        let mut started = Vec::with_capacity(count);
+        for i in 0..count {
+            // SAFETY: blocks not yet submitted are still ours; those
+            // submitted are not touched here, only their address kept.
+            let urb = unsafe {
+                let block = &mut (&mut (*p).urbs)[i];
+                block.urb_mut().usercontext = p.cast();
+                block.as_ptr()
+            };
+            // SAFETY: the block, its buffer and `Pending` stay where they
+            // are until the reaping thread frees them after reaping them.
+            match unsafe { usbfs::submit(fd, urb) } {
+                Ok(()) => started.push(NonNull::new(urb).expect("a block's address")),
+                Err(e) => {
+                    let status = -e.raw_os_error().unwrap_or(errno::EPROTO);
+                    if started.is_empty() {
+                        // SAFETY: nothing reached usbfs: the box is ours.
+                        drop(unsafe { Box::from_raw(p) });
+                        return Err(status);
+                    }
+                    // SAFETY: the reaping thread reads `failed` only after
+                    // taking the lock our caller holds.
+                    unsafe { (*p).failed = Some(status) };
+                    for urb in &started {
+                        usbfs::discard(fd, urb.as_ptr());
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(Submitted {
+            outstanding: started.len(),
+            urbs: started,
+        })
+    }
+}
+
+/// A transfer in usbfs's hands, as the device's in-flight table keeps it.
+#[derive(Debug)]
+pub struct Submitted {
+    urbs: Vec<NonNull<RawUrb>>,
+    /// URBs usbfs has not handed back yet.
+    outstanding: usize,
+}
+
+// SAFETY: the addresses are only passed to usbfs (DISCARDURB compares them
+// with its own list), under the device's state lock.
+unsafe impl Send for Submitted {}
+
+impl Submitted {
+    /// Asks usbfs to cancel the transfer; its URBs then come back with
+    /// `-ECONNRESET`, or with their real outcome if they won the race. Call
+    /// it only while the record is in the in-flight table, under its lock.
+    pub fn cancel(&self, fd: BorrowedFd<'_>) {
+        for urb in &self.urbs {
+            usbfs::discard(fd, urb.as_ptr());
+        }
+    }
+
+    /// Counts one URB back; true when it was the last.
+    pub fn reaped_one(&mut self) -> bool {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.outstanding == 0
+    }
+}
+
+impl Pending {
+    /// The URB's result from its usbfs URBs, which are all back.
+    fn finish(self) -> (Arc<Shared>, u64, UrbResult, bool) {
+        let mut outcome = Outcome::default();
+        for block in &self.urbs {
+            let urb = block.urb();
+            if outcome.status == 0 {
+                outcome.status = urb.status;
+            }
+            outcome.actual_length = outcome.actual_length.saturating_add(urb.actual_length);
+            outcome.iso.extend(
+                block
+                    .iso()
+                    .iter()
+                    .map(|d| (d.actual_length, d.status as i32)),
+            );
+        }
+        if let Some(status) = self.failed {
+            outcome.status = status;
+        }
+        let device_lost = matches!(-outcome.status, errno::ENODEV | errno::ESHUTDOWN);
+        let result = finish(self.seqnum, &self.kind, self.buffer, &outcome);
+        (self.device, self.generation, result, device_lost)
+    }
+}
+
+/// An URB that only tells the reaping thread to end: a GET_STATUS of the
+/// device, which every device answers.
+#[repr(C)]
+struct Marker {
+    urb: RawUrb,
+    setup_and_status: [u8; 10],
+}
+
+/// Sends the marker that ends [`reap_loop`] on `fd`. False if usbfs would
+/// not take it (the thread then ends when the device goes away).
+pub fn stop_reaping(fd: BorrowedFd<'_>) -> bool {
+    let marker = Box::new(Marker {
+        urb: RawUrb {
+            kind: usbfs::TYPE_CONTROL,
+            endpoint: 0,
+            status: 0,
+            flags: 0,
+            buffer: std::ptr::null_mut(),
+            buffer_length: 10,
+            actual_length: 0,
+            start_frame: 0,
+            number_of_packets: 0,
+            error_count: 0,
+            signr: 0,
+            usercontext: std::ptr::null_mut(),
+        },
+        setup_and_status: [0x80, 0x00, 0, 0, 0, 0, 2, 0, 0, 0],
+    });
+    let marker = Box::into_raw(marker);
+    // SAFETY: `marker` is a live allocation we just leaked; the buffer is
+    // its own field.
+    unsafe { (*marker).urb.buffer = (*marker).setup_and_status.as_mut_ptr() };
+    // SAFETY: the marker stays allocated until the reaping thread, which
+    // recognises it by its null context, frees it.
+    match unsafe { usbfs::submit(fd, marker.cast()) } {
+        Ok(()) => true,
+        Err(_) => {
+            // SAFETY: usbfs did not take it: still ours.
+            drop(unsafe { Box::from_raw(marker) });
+            false
+        }
+    }
+}
+
+/// Reaps the URBs submitted on `fd` and delivers their results, until the
+/// marker comes back or the device is gone. `on_gone` runs in the latter
+/// case.
+pub fn reap_loop(fd: Arc<OwnedFd>, busid: &str, on_gone: impl FnOnce()) {
+    loop {
+        let urb = match usbfs::reap(fd.as_fd()) {
+            Ok(urb) => urb,
+            Err(e) if e.raw_os_error() == Some(errno::ENODEV) => {
+                on_gone();
+                return;
+            }
+            Err(e) => {
+                // Nothing else is expected; waiting again would spin.
+                error!("{busid}: cannot reap URBs: {e}; stopping");
+                on_gone();
+                return;
+            }
+        };
+        // SAFETY: usbfs returns the address of an URB we submitted on this
+        // file, which stays allocated until we free it below.
+        let context = unsafe { (*urb).usercontext };
+        if context.is_null() {
+            // SAFETY: only the marker has no context; `stop_reaping` leaked
+            // it for us to free.
+            drop(unsafe { Box::from_raw(urb.cast::<Marker>()) });
+            return;
+        }
+        let pending = context.cast::<Pending>();
+        // SAFETY: the `Pending` lives until the last of its URBs is back;
+        // these fields never change after submission.
+        let (device, generation, seqnum) =
+            unsafe { (&(*pending).device, (*pending).generation, (*pending).seqnum) };
+        match device.urb_reaped(generation, seqnum) {
+            Some(false) => continue,
+            Some(true) => {}
+            None => {
+                // Not in the table: freeing what it points to could free
+                // memory still in use. Leak it and say so.
+                warn!("{busid}: reaped URB {seqnum} has no record; leaking it");
+                continue;
+            }
+        }
+        // SAFETY: all its URBs are back and its record is out of the
+        // table, so nothing else can reach the `Pending`: it is ours.
+        let pending = unsafe { Box::from_raw(pending) };
+        let (device, generation, result, device_lost) = pending.finish();
+        device.finish_urb(generation, result, device_lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_types_map_to_usbfs_types() {
+        assert_eq!(usbfs_type(transfer_type::CONTROL), usbfs::TYPE_CONTROL);
+        assert_eq!(usbfs_type(transfer_type::ISOCHRONOUS), usbfs::TYPE_ISO);
+        assert_eq!(usbfs_type(transfer_type::BULK), usbfs::TYPE_BULK);
+        assert_eq!(usbfs_type(transfer_type::INTERRUPT), usbfs::TYPE_INTERRUPT);
+    }
+
+    #[test]
+    fn the_marker_is_an_urb_first() {
+        assert_eq!(std::mem::offset_of!(Marker, urb), 0);
+    }
+}
