@@ -1,8 +1,9 @@
 //! The seam between the USB/IP server and the hardware: a device that can be
 //! exported, real (libusb) or simulated, behind one trait.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use tokio::sync::mpsc::UnboundedSender;
 use usbip_proto::{DeviceInfo, InterfaceInfo, IsoPacket, SetupPacket};
 
 /// One USB request block, as the server hands it to a device.
@@ -55,6 +56,10 @@ pub enum DeviceEvent {
     Gone,
 }
 
+/// Where a device's events go: the connection that imported it. Called on
+/// whatever thread the device completes URBs on, so it must not block.
+pub type EventSink = Arc<dyn Fn(DeviceEvent) + Send + Sync>;
+
 /// The identity a device shows in OP_REP_DEVLIST and OP_REP_IMPORT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIdentity {
@@ -79,7 +84,7 @@ pub trait UsbDevice: Send + Sync + std::fmt::Debug {
     fn identity(&self) -> DeviceIdentity;
 
     /// An importer connects; events go to `events` until `detach`.
-    fn attach(&self, events: UnboundedSender<DeviceEvent>);
+    fn attach(&self, events: EventSink);
 
     /// Starts an URB; its completion arrives as a [`DeviceEvent::Completed`].
     fn submit(&self, urb: Urb);

@@ -2,6 +2,7 @@
 //! real or simulated, to stock USB/IP clients and to vusb-backend.
 
 pub mod config;
+pub mod connection;
 pub mod device;
 pub mod registry;
 pub mod server;

@@ -121,11 +121,10 @@ impl Drop for Claim {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc::UnboundedSender;
     use usbip_proto::DeviceInfo;
 
     use super::*;
-    use crate::device::{DeviceEvent, Urb};
+    use crate::device::{EventSink, Urb};
 
     #[derive(Debug)]
     struct Fake(&'static str);
@@ -140,7 +139,7 @@ mod tests {
                 interfaces: Vec::new(),
             }
         }
-        fn attach(&self, _: UnboundedSender<DeviceEvent>) {}
+        fn attach(&self, _: EventSink) {}
         fn submit(&self, _: Urb) {}
         fn cancel(&self, _: u32) {}
         fn detach(&self) {}

@@ -5,27 +5,22 @@
 //! connection with one log line and everyone else carries on.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
-use usbip_proto::{op_status, CmdMessage, OpReply, OpRequest, ProtoError, RetMessage};
+use usbip_proto::{op_status, OpReply, OpRequest, ProtoError};
 
-use crate::device::{DeviceEvent, UsbDevice};
+use crate::connection::run_urbs;
 use crate::registry::{ImportError, Registry};
-use crate::session::{Action, Session, SessionError};
+use crate::session::SessionError;
 
 /// How long a new connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Receive buffer size; grows for larger URBs.
-const READ_CHUNK: usize = 256 * 1024;
-/// Replies waiting for a client that does not read them: above this much,
-/// no more commands are read from it (whose URBs would add replies).
-const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
 /// A client can vanish without a FIN or RST (the ISP side rebooted, a route
 /// gone), and the device it imported would stay claimed, refusing its
@@ -161,6 +156,13 @@ async fn handle_connection(
     }
 }
 
+/// Makes room in `buf` for the next read, in large steps.
+pub(crate) fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// Reads until `decode` yields a message. `Ok(None)` when the peer closed
 /// cleanly between messages.
 async fn read_message<T, R: AsyncRead + Unpin>(
@@ -172,9 +174,7 @@ async fn read_message<T, R: AsyncRead + Unpin>(
         if let Some(msg) = decode(buf)? {
             return Ok(Some(msg));
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(buf);
         if stream.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
                 Ok(None)
@@ -183,87 +183,6 @@ async fn read_message<T, R: AsyncRead + Unpin>(
             };
         }
     }
-}
-
-/// The URB phase: commands from the socket and completions from the device
-/// meet in one loop, so unlink and completion can never race.
-///
-/// One task does it all, reading, handling and writing, without waiting on
-/// any one of them: a large OUT transfer arriving slowly never holds back the
-/// completions of other URBs, and a client slow to read its replies never
-/// stops its commands from being read, up to [`OUT_HIGH_WATER`] of replies.
-/// On a gateway's small CPU every hand-off between tasks costs time on each
-/// round trip, so there are none.
-async fn run_urbs(
-    stream: TcpStream,
-    mut buf: BytesMut,
-    device: Arc<dyn UsbDevice>,
-    devid: u32,
-) -> Result<(), ConnectionError> {
-    let (mut rd, mut wr) = stream.into_split();
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    device.attach(events_tx);
-
-    let mut session = Session::new(devid);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
-    loop {
-        while let Some(msg) = CmdMessage::decode(&mut buf)? {
-            for action in session.on_command(msg)? {
-                match action {
-                    Action::Submit(urb) => device.submit(urb),
-                    Action::Cancel(seqnum) => device.cancel(seqnum),
-                    Action::Reply(reply) => reply.encode(&mut out)?,
-                }
-            }
-        }
-        // Most replies fit the socket's buffer at once: no trip through the
-        // runtime for them.
-        if !out.is_empty() {
-            match wr.try_write(&out) {
-                Ok(n) => out.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            n = rd.read_buf(&mut buf), if out.len() < OUT_HIGH_WATER => {
-                if n? == 0 {
-                    return if buf.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(ConnectionError::Truncated(buf.len()))
-                    };
-                }
-            }
-            event = events.recv() => {
-                // The device dropped its end: it is gone as surely as if it had
-                // said so (and an empty channel would be ready forever).
-                let Some(event) = event else {
-                    return Err(ConnectionError::DeviceGone);
-                };
-                let mut next = Some(event);
-                // Batch whatever else has completed into the same write.
-                while let Some(event) = next {
-                    match event {
-                        DeviceEvent::Completed(r) => encode_all(session.on_completion(r), &mut out)?,
-                        DeviceEvent::Gone => return Err(ConnectionError::DeviceGone),
-                    }
-                    next = if out.len() < READ_CHUNK { events.try_recv().ok() } else { None };
-                }
-            }
-            n = wr.write(&out), if !out.is_empty() => out.advance(n?),
-        }
-    }
-}
-
-fn encode_all(replies: Vec<RetMessage>, out: &mut BytesMut) -> Result<(), ProtoError> {
-    for reply in replies {
-        reply.encode(out)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

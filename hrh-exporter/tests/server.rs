@@ -3,18 +3,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hrh_exporter::device::{DeviceEvent, DeviceIdentity, EventSink, Urb, UrbResult, UsbDevice};
 use hrh_exporter::registry::Registry;
 use hrh_exporter::server;
 use hrh_exporter::source::simulated::{SimKind, SimulatedDevice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use usbip_proto::{
-    errno, op_code, op_status, CmdMessage, CmdSubmit, CmdUnlink, Direction, OpReply, OpRequest,
-    RetMessage, RetSubmit, SetupPacket, UrbHeader,
+    errno, op_code, op_status, CmdMessage, CmdSubmit, CmdUnlink, DeviceInfo, Direction, OpReply,
+    OpRequest, RetMessage, RetSubmit, SetupPacket, UrbHeader,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +26,10 @@ async fn start(kinds: &[SimKind]) -> SocketAddr {
     for (i, kind) in kinds.iter().enumerate() {
         registry.add(Arc::new(SimulatedDevice::new(kind, i as u32 + 1).unwrap()));
     }
+    serve(registry).await
+}
+
+async fn serve(registry: Registry) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server::serve(listener, registry));
@@ -515,4 +521,125 @@ async fn a_vanished_clients_urbs_do_not_leak_into_the_next_import() {
         .submit(Direction::In, 3, SetupPacket::default(), 512, &[])
         .await;
     assert_eq!(&second.recv_submit().await.data[..], b"abc");
+}
+
+/// A device that answers every IN URB at once, in the thread that submits
+/// it, with as much data as asked; an URB to endpoint 15 makes it go away.
+#[derive(Default)]
+struct Eager {
+    events: Mutex<Option<EventSink>>,
+    submitted: AtomicUsize,
+}
+
+impl std::fmt::Debug for Eager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Eager")
+    }
+}
+
+impl UsbDevice for Eager {
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity {
+            info: DeviceInfo {
+                busid: "9-9".into(),
+                busnum: 9,
+                devnum: 9,
+                ..DeviceInfo::default()
+            },
+            interfaces: Vec::new(),
+        }
+    }
+
+    fn attach(&self, events: EventSink) {
+        *self.events.lock().unwrap() = Some(events);
+    }
+
+    fn submit(&self, urb: Urb) {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        let events = self.events.lock().unwrap().clone().expect("attached");
+        if urb.endpoint & 0x0f == 15 {
+            return events(DeviceEvent::Gone);
+        }
+        events(DeviceEvent::Completed(UrbResult {
+            seqnum: urb.seqnum,
+            data: Bytes::from(vec![0x5a; urb.buffer_len as usize]),
+            actual_length: urb.buffer_len,
+            ..UrbResult::default()
+        }));
+    }
+
+    fn cancel(&self, _: u32) {}
+
+    fn detach(&self) {
+        *self.events.lock().unwrap() = None;
+    }
+}
+
+/// A client that sends commands but never reads its replies must not make
+/// the exporter hold ever more of them: once 4 MiB wait, it stops reading
+/// commands, and the client's writes stall instead.
+#[tokio::test]
+async fn a_client_that_does_not_read_its_replies_is_not_read_from_either() {
+    let device = Arc::new(Eager::default());
+    let registry = Registry::new();
+    registry.add(device.clone());
+    let addr = serve(registry).await;
+    let mut client = Client::import(addr, "9-9").await;
+    // 64 KiB asked per 48-byte command: unchecked, the replies would grow
+    // without bound long before the client's writes stall.
+    let mut commands = BytesMut::new();
+    for seqnum in 1..=300_000u32 {
+        CmdMessage::Submit(CmdSubmit {
+            header: UrbHeader {
+                seqnum,
+                devid: client.devid,
+                direction: Direction::In,
+                ep: 1,
+            },
+            transfer_buffer_length: 64 * 1024,
+            ..CmdSubmit::default()
+        })
+        .encode(&mut commands)
+        .unwrap();
+    }
+    let stalled = tokio::time::timeout(Duration::from_secs(3), client.stream.write_all(&commands))
+        .await
+        .is_err();
+    let submitted = device.submitted.load(Ordering::SeqCst);
+    assert!(
+        stalled,
+        "the exporter read every command ({submitted} URBs) from a client that reads nothing"
+    );
+    // 4 MiB of replies, plus what the sockets hold, plus one read's worth
+    // of commands handled at once.
+    let submitted = device.submitted.load(Ordering::SeqCst);
+    assert!(
+        submitted < 2_000,
+        "{submitted} URBs of 64 KiB submitted for a client that reads nothing"
+    );
+}
+
+/// A device that goes away ends the connection of its importer.
+#[tokio::test]
+async fn an_unplugged_device_ends_its_connection() {
+    let registry = Registry::new();
+    registry.add(Arc::new(Eager::default()));
+    let addr = serve(registry).await;
+    let mut client = Client::import(addr, "9-9").await;
+    client
+        .submit(Direction::In, 1, SetupPacket::default(), 8, &[])
+        .await;
+    assert_eq!(&client.recv_submit().await.data[..], &[0x5a; 8]);
+    client
+        .submit(Direction::In, 15, SetupPacket::default(), 8, &[])
+        .await;
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(TIMEOUT, client.stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection stayed open after the device went away");
+    assert_eq!(
+        n.unwrap(),
+        0,
+        "replies after the device went away: {rest:?}"
+    );
 }

@@ -7,10 +7,9 @@ use sim_dongles::loopback::Loopback;
 use sim_dongles::pendrive::Pendrive;
 use sim_dongles::sensor::Sensor;
 use sim_dongles::{Completion, Function, SimDevice, Transfer, TransferStatus};
-use tokio::sync::mpsc::UnboundedSender;
 use usbip_proto::{errno, speed, DeviceInfo, InterfaceInfo};
 
-use crate::device::{DeviceEvent, DeviceIdentity, Urb, UrbResult, UsbDevice};
+use crate::device::{DeviceEvent, DeviceIdentity, EventSink, Urb, UrbResult, UsbDevice};
 
 /// Which simulated dongle to create (`--simulate KIND[=ARG]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +135,7 @@ impl UsbDevice for SimulatedDevice {
         self.identity.clone()
     }
 
-    fn attach(&self, events: UnboundedSender<DeviceEvent>) {
+    fn attach(&self, events: EventSink) {
         self.engine.attach(Box::new(move |c: Completion| {
             let result = UrbResult {
                 seqnum: c.id as u32,
@@ -145,8 +144,7 @@ impl UsbDevice for SimulatedDevice {
                 data: Bytes::from(c.data),
                 iso_packets: Vec::new(),
             };
-            // The importer may be gone already; its URBs die with it.
-            let _ = events.send(DeviceEvent::Completed(result));
+            events(DeviceEvent::Completed(result));
         }));
     }
 

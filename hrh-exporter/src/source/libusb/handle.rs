@@ -15,7 +15,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rusb::{Context, UsbContext};
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 use usbip_proto::{errno, feature, request, SetupPacket};
 
@@ -25,7 +24,7 @@ use super::mapped::{MappedPool, UsbfsMapper};
 use super::submission::{self, Prepared, Submitted};
 use super::transfer::{self, rusb_error_errno};
 use super::LibusbError;
-use crate::device::{DeviceEvent, DeviceIdentity, Urb, UrbResult, UsbDevice};
+use crate::device::{DeviceEvent, DeviceIdentity, EventSink, Urb, UrbResult, UsbDevice};
 
 /// How long a detach waits for cancelled URBs (and device requests under
 /// way) to finish before it gives up on them.
@@ -84,10 +83,9 @@ enum InFlight {
     Special,
 }
 
-#[derive(Debug)]
 struct State {
-    /// The importer's event channel, between attach and detach.
-    events: Option<UnboundedSender<DeviceEvent>>,
+    /// Where the importer takes events, between attach and detach.
+    events: Option<EventSink>,
     /// Counts attachments, so that a late completion for a previous
     /// importer never reaches the next one.
     generation: u64,
@@ -258,7 +256,7 @@ impl UsbDevice for LibusbDevice {
         self.shared.lock().identity.clone()
     }
 
-    fn attach(&self, events: UnboundedSender<DeviceEvent>) {
+    fn attach(&self, events: EventSink) {
         self.shared.attach(events);
     }
 
@@ -301,7 +299,7 @@ impl Shared {
         self.gone.load(Ordering::Acquire)
     }
 
-    fn attach(&self, events: UnboundedSender<DeviceEvent>) {
+    fn attach(&self, events: EventSink) {
         {
             let mut st = self.lock();
             st.generation += 1;
@@ -416,23 +414,30 @@ impl Shared {
             return;
         }
         if let Some(events) = &st.events {
-            let _ = events.send(DeviceEvent::Gone);
+            events(DeviceEvent::Gone);
             st.gone_reported = true;
         }
     }
 
     /// Completes an URB that never reached usbfs.
     fn complete_now(&self, generation: u64, seqnum: u32, status: i32) {
-        let st = self.lock();
-        if generation == st.generation {
-            if let Some(events) = &st.events {
-                let _ = events.send(DeviceEvent::Completed(UrbResult {
-                    seqnum,
-                    status,
-                    ..UrbResult::default()
-                }));
-            }
+        let importer = self.importer(&self.lock(), generation);
+        if let Some(events) = importer {
+            events(DeviceEvent::Completed(UrbResult {
+                seqnum,
+                status,
+                ..UrbResult::default()
+            }));
         }
+    }
+
+    /// The importer of attachment `generation`, if it is still attached.
+    /// Events go to it after the state lock is let go: its handler writes
+    /// to the client, which must not hold up submissions.
+    fn importer(&self, st: &State, generation: u64) -> Option<EventSink> {
+        (generation == st.generation)
+            .then(|| st.events.clone())
+            .flatten()
     }
 
     /// Counts in one usbfs URB of transfer `seqnum`; with the last one the
@@ -463,13 +468,13 @@ impl Shared {
         if (device_lost || self.is_gone()) && result.status == -errno::ECONNRESET {
             result.status = -errno::ENODEV;
         }
-        if generation == st.generation {
-            if let Some(events) = &st.events {
-                let _ = events.send(DeviceEvent::Completed(result));
-            }
+        let importer = self.importer(&st, generation);
+        drop(st);
+        if let Some(events) = importer {
+            events(DeviceEvent::Completed(result));
         }
         if device_lost {
-            self.mark_gone(&mut st);
+            self.mark_gone(&mut self.lock());
         }
     }
 
