@@ -78,6 +78,9 @@ RUST_LOG=info NO_COLOR=1 hrh-exporter --listen 127.0.0.1:3240 --scan-interval-ms
 EXPORTER=$!
 wait_for 30 listed "$ACM" "$STORAGE" "$HID" "$AUDIO" || { cat /tmp/list; fail "the gadgets are not all exported"; }
 sed 's/^/LIST| /' /tmp/list
+# Each opened device has a thread waiting in usbfs for its completions.
+reapers_are() { [ "$(cat /proc/$EXPORTER/task/*/comm | grep -c '^reap-')" = "$1" ]; }
+reapers_are 4 || fail "not one reaping thread per device: $(cat /proc/$EXPORTER/task/*/comm | tr '\n' ' ')"
 echo EXPORTED
 
 # One at a time: `usbip attach` fails while another imported device is still enumerating.
@@ -152,6 +155,8 @@ wait_for 30 acm_gone || fail "the client still has the unplugged serial device"
 alive || fail "hrh-exporter exited after the unplug"
 dd if="$DISK" of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null || fail "the disk stopped working after the unplug"
 wait $HOLDER
+# The unplugged device's reaping thread ends with it.
+wait_for 10 reapers_are 3 || fail "a reaping thread outlived its device: $(cat /proc/$EXPORTER/task/*/comm | tr '\n' ' ')"
 echo UNPLUG-OK
 
 sh /hrh-gadgets.sh up acm >/dev/null || fail "replugging the serial gadget failed"
@@ -167,6 +172,7 @@ sleep 0.5
 echo replugged-token >"$TTY"
 wait_for 20 grep -q replugged-token /tmp/gs2.in || fail "no serial data after the replug"
 kill $GS_CAT
+reapers_are 4 || fail "the replugged device has no reaping thread of its own"
 echo REPLUG-OK
 
 # Detach the disk in the middle of a long read: URBs in flight are unlinked and the
