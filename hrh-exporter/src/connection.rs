@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use usbip_proto::CmdMessage;
@@ -47,13 +47,24 @@ pub async fn run_urbs(
             session: Session::new(devid),
             out: BytesMut::with_capacity(READ_CHUNK),
             gone: false,
+            closed: false,
             failed: None,
         }),
         wake: Notify::new(),
     });
     let events = Arc::clone(&link);
     device.attach(Arc::new(move |event| events.on_event(event)));
+    let result = serve(&link, &mut rd, &mut buf, &*device).await;
+    link.lock().closed = true;
+    result
+}
 
+async fn serve(
+    link: &Link,
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    device: &dyn UsbDevice,
+) -> Result<(), ConnectionError> {
     let mut actions = Vec::new();
     loop {
         let (backlog, unwritten) = {
@@ -64,7 +75,7 @@ pub async fn run_urbs(
             if let Some(e) = st.failed.take() {
                 return Err(e);
             }
-            while let Some(msg) = CmdMessage::decode(&mut buf)? {
+            while let Some(msg) = CmdMessage::decode(buf)? {
                 for action in st.session.on_command(msg)? {
                     match action {
                         Action::Reply(reply) => reply.encode(&mut st.out)?,
@@ -85,9 +96,9 @@ pub async fn run_urbs(
                 Action::Reply(_) => unreachable!("replies are encoded above"),
             }
         }
-        make_room(&mut buf);
+        make_room(buf);
         tokio::select! {
-            n = rd.read_buf(&mut buf), if backlog < OUT_HIGH_WATER => {
+            n = rd.read_buf(buf), if backlog < OUT_HIGH_WATER => {
                 if n? == 0 {
                     return if buf.is_empty() {
                         Ok(())
@@ -117,6 +128,8 @@ struct Outbox {
     /// Encoded replies the socket has not taken yet, in order.
     out: BytesMut,
     gone: bool,
+    /// The task has ended: events from now on are dropped.
+    closed: bool,
     /// Why a device thread could not answer; the task ends the connection.
     failed: Option<ConnectionError>,
 }
@@ -130,6 +143,10 @@ impl Link {
     /// A device event, on the device's thread.
     fn on_event(&self, event: DeviceEvent) {
         let mut st = self.lock();
+        if st.closed {
+            // Late news for a connection that has ended: nobody to tell.
+            return;
+        }
         match event {
             DeviceEvent::Completed(result) => {
                 for reply in st.session.on_completion(result) {
@@ -156,6 +173,7 @@ impl Link {
     fn flush(&self, st: &mut Outbox) {
         while !st.out.is_empty() && st.failed.is_none() {
             match self.wr.try_write(&st.out) {
+                Ok(0) => st.failed = Some(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => st.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => st.failed = Some(e.into()),

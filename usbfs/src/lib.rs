@@ -52,11 +52,13 @@ pub const FLAG_ZERO_PACKET: u32 = 0x40;
 pub const MAX_ISO_PACKETS: usize = 128;
 
 // _IOR('U', 10, struct usbdevfs_urb), _IO('U', 11), _IOW('U', 12, void *),
-// _IOR('U', 15, unsigned int), _IOR('U', 16, unsigned int).
+// _IOR('U', 15, unsigned int), _IOR('U', 16, unsigned int). The sizes in the
+// first and third follow the target's pointer width.
 const SUBMITURB: libc::c_ulong =
     0x8000_0000 | ((size_of::<RawUrb>() as libc::c_ulong) << 16) | 0x550a;
 const DISCARDURB: libc::c_ulong = 0x550b;
-const REAPURB: libc::c_ulong = 0x4008_550c;
+const REAPURB: libc::c_ulong =
+    0x4000_0000 | ((size_of::<*mut libc::c_void>() as libc::c_ulong) << 16) | 0x550c;
 const CLAIMINTERFACE: libc::c_ulong = 0x8004_550f;
 const RELEASEINTERFACE: libc::c_ulong = 0x8004_5510;
 
@@ -141,7 +143,7 @@ pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
 /// and nothing else may touch them, until [`reap`] returns `urb`.
 pub unsafe fn submit(fd: BorrowedFd<'_>, urb: *mut RawUrb) -> io::Result<()> {
     // SAFETY: the caller keeps `urb` and its buffer alive until reaped.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SUBMITURB, urb) };
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SUBMITURB as _, urb) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -154,7 +156,7 @@ pub fn reap(fd: BorrowedFd<'_>) -> io::Result<*mut RawUrb> {
     let mut urb: *mut RawUrb = std::ptr::null_mut();
     loop {
         // SAFETY: the kernel writes one pointer into `urb`.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), REAPURB, &mut urb) };
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), REAPURB as _, &mut urb) };
         if rc == 0 {
             return Ok(urb);
         }
@@ -173,7 +175,7 @@ pub fn reap(fd: BorrowedFd<'_>) -> io::Result<*mut RawUrb> {
 /// one, which callers prevent by forgetting an URB before freeing it.
 pub fn discard(fd: BorrowedFd<'_>, urb: *mut RawUrb) {
     // SAFETY: the kernel reads nothing through `urb` (see above).
-    unsafe { libc::ioctl(fd.as_raw_fd(), DISCARDURB, urb as usize) };
+    unsafe { libc::ioctl(fd.as_raw_fd(), DISCARDURB as _, urb as usize) };
 }
 
 pub fn claim_interface(fd: BorrowedFd<'_>, number: u32) -> io::Result<()> {
@@ -187,7 +189,7 @@ pub fn release_interface(fd: BorrowedFd<'_>, number: u32) -> io::Result<()> {
 fn interface_request(fd: BorrowedFd<'_>, request: libc::c_ulong, number: u32) -> io::Result<()> {
     let mut number = number as libc::c_uint;
     // SAFETY: the kernel reads one unsigned int.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut number) };
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut number) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -199,6 +201,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn the_urb_has_the_kernels_layout() {
         assert_eq!(size_of::<RawUrb>(), 56);
         assert_eq!(std::mem::offset_of!(RawUrb, buffer), 16);
@@ -206,6 +209,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(RawUrb, usercontext), 48);
         assert_eq!(size_of::<IsoPacketDesc>(), 12);
         assert_eq!(SUBMITURB, 0x8038_550a);
+        assert_eq!(REAPURB, 0x4008_550c);
     }
 
     #[test]

@@ -216,13 +216,7 @@ impl LibusbDevice {
         let name = shared.busid.clone();
         std::thread::Builder::new()
             .name(format!("reap-{name}"))
-            .spawn(move || {
-                submission::reap_loop(usbfs, &name, || {
-                    if let Some(device) = weak.upgrade() {
-                        device.mark_gone(&mut device.lock());
-                    }
-                })
-            })
+            .spawn(move || submission::reap_loop(usbfs, &name, weak))
             .map_err(LibusbError::Thread)?;
         shared.refresh_config();
         Ok(Arc::new(Self { shared }))
@@ -389,6 +383,45 @@ impl Shared {
         // Host drivers get their interfaces back until the next import.
         self.release_all(true);
         self.refresh_config();
+    }
+
+    /// usbfs says the device is gone.
+    pub(super) fn lost(&self) {
+        self.mark_gone(&mut self.lock());
+    }
+
+    pub(super) fn has_transfers_in_flight(&self) -> bool {
+        self.lock()
+            .in_flight
+            .values()
+            .any(|e| matches!(e, InFlight::Transfer(_)))
+    }
+
+    /// Fails the transfers usbfs never handed back from a device that is
+    /// gone. Their memory is left to leak: the kernel may still hold it.
+    pub(super) fn abandon_transfers(&self) {
+        let mut st = self.lock();
+        let keys: Vec<(u64, u32)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, e)| matches!(e, InFlight::Transfer(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        warn!(
+            "{}: {} URBs never came back from the unplugged device",
+            self.busid,
+            keys.len()
+        );
+        for key in &keys {
+            st.in_flight.remove(key);
+        }
+        if st.in_flight.is_empty() {
+            self.idle.notify_all();
+        }
+        drop(st);
+        for (generation, seqnum) in keys {
+            self.complete_now(generation, seqnum, -errno::ENODEV);
+        }
     }
 
     fn cancel_all(&self, st: &State) {

@@ -20,7 +20,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 use usbfs::{RawUrb, UrbBlock};
@@ -37,8 +38,9 @@ pub struct Pending {
     /// pool while the device, and so its mappings' file, still exists.
     buffer: TransferBuffer,
     urbs: Vec<UrbBlock>,
-    /// Why the later URBs of a split isochronous transfer never started.
-    failed: Option<i32>,
+    /// The first of the URBs of a split isochronous transfer that never
+    /// started, and why.
+    failed: Option<(usize, i32)>,
     device: Arc<Shared>,
     generation: u64,
     seqnum: u32,
@@ -156,7 +158,7 @@ impl Prepared {
                     }
                     // SAFETY: the reaping thread reads `failed` only after
                     // taking the lock our caller holds.
-                    unsafe { (*p).failed = Some(status) };
+                    unsafe { (*p).failed = Some((i, status)) };
                     for urb in &started {
                         usbfs::discard(fd, urb.as_ptr());
                     }
@@ -204,7 +206,13 @@ impl Pending {
     /// The URB's result from its usbfs URBs, which are all back.
     fn finish(self) -> (Arc<Shared>, u64, UrbResult, bool) {
         let mut outcome = Outcome::default();
-        for block in &self.urbs {
+        let (started, failure) = self.failed.unwrap_or((self.urbs.len(), 0));
+        for (i, block) in self.urbs.iter().enumerate() {
+            if i >= started {
+                // Never submitted: its packets carry the failure.
+                outcome.iso.extend(block.iso().iter().map(|_| (0, failure)));
+                continue;
+            }
             let urb = block.urb();
             if outcome.status == 0 {
                 outcome.status = urb.status;
@@ -217,8 +225,8 @@ impl Pending {
                     .map(|d| (d.actual_length, d.status as i32)),
             );
         }
-        if let Some(status) = self.failed {
-            outcome.status = status;
+        if failure != 0 {
+            outcome.status = failure;
         }
         let device_lost = matches!(-outcome.status, errno::ENODEV | errno::ESHUTDOWN);
         let result = finish(self.seqnum, &self.kind, self.buffer, &outcome);
@@ -234,8 +242,9 @@ struct Marker {
     setup_and_status: [u8; 10],
 }
 
-/// Sends the marker that ends [`reap_loop`] on `fd`. False if usbfs would
-/// not take it (the thread then ends when the device goes away).
+/// Sends the marker that ends [`reap_loop`] on `fd`, and cancels it so that
+/// it comes back without waiting for the device. False if usbfs would not
+/// take it (the thread then ends when the device goes away).
 pub fn stop_reaping(fd: BorrowedFd<'_>) -> bool {
     let marker = Box::new(Marker {
         urb: RawUrb {
@@ -261,7 +270,11 @@ pub fn stop_reaping(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: the marker stays allocated until the reaping thread, which
     // recognises it by its null context, frees it.
     match unsafe { usbfs::submit(fd, marker.cast()) } {
-        Ok(()) => true,
+        Ok(()) => {
+            // Back at once even from a device that would never answer.
+            usbfs::discard(fd, marker.cast());
+            true
+        }
         Err(_) => {
             // SAFETY: usbfs did not take it: still ours.
             drop(unsafe { Box::from_raw(marker) });
@@ -270,54 +283,101 @@ pub fn stop_reaping(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// How long the reaping thread waits, once the device is gone, for URBs
+/// the kernel has not handed back yet.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Reaps the URBs submitted on `fd` and delivers their results, until the
-/// marker comes back or the device is gone. `on_gone` runs in the latter
-/// case.
-pub fn reap_loop(fd: Arc<OwnedFd>, busid: &str, on_gone: impl FnOnce()) {
+/// marker comes back or the device is gone and every URB is back.
+pub fn reap_loop(fd: Arc<OwnedFd>, busid: &str, device: Weak<Shared>) {
     loop {
-        let urb = match usbfs::reap(fd.as_fd()) {
-            Ok(urb) => urb,
-            Err(e) if e.raw_os_error() == Some(errno::ENODEV) => {
-                on_gone();
-                return;
+        match usbfs::reap(fd.as_fd()) {
+            Ok(urb) => {
+                if deliver(urb, busid) == Reaped::Marker {
+                    return;
+                }
             }
             Err(e) => {
-                // Nothing else is expected; waiting again would spin.
-                error!("{busid}: cannot reap URBs: {e}; stopping");
-                on_gone();
-                return;
+                // ENODEV: the device is gone. Anything else (EFAULT) cannot
+                // happen with our addresses, and waiting again would spin.
+                if e.raw_os_error() != Some(errno::ENODEV) {
+                    error!("{busid}: cannot reap URBs: {e}; stopping");
+                }
+                return drain(&fd, busid, &device);
             }
+        }
+    }
+}
+
+/// The device is gone, but the kernel may still be handing back URBs (a
+/// host controller returns them a moment after the disconnect): reaps them
+/// for a while, then fails whatever is still out.
+fn drain(fd: &OwnedFd, busid: &str, device: &Weak<Shared>) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    if let Some(shared) = device.upgrade() {
+        shared.lost();
+    }
+    loop {
+        let Some(shared) = device.upgrade() else {
+            return;
         };
-        // SAFETY: usbfs returns the address of an URB we submitted on this
-        // file, which stays allocated until we free it below.
-        let context = unsafe { (*urb).usercontext };
-        if context.is_null() {
-            // SAFETY: only the marker has no context; `stop_reaping` leaked
-            // it for us to free.
-            drop(unsafe { Box::from_raw(urb.cast::<Marker>()) });
+        if !shared.has_transfers_in_flight() {
             return;
         }
-        let pending = context.cast::<Pending>();
-        // SAFETY: the `Pending` lives until the last of its URBs is back;
-        // these fields never change after submission.
-        let (device, generation, seqnum) =
-            unsafe { (&(*pending).device, (*pending).generation, (*pending).seqnum) };
-        match device.urb_reaped(generation, seqnum) {
-            Some(false) => continue,
-            Some(true) => {}
-            None => {
-                // Not in the table: freeing what it points to could free
-                // memory still in use. Leak it and say so.
-                warn!("{busid}: reaped URB {seqnum} has no record; leaking it");
-                continue;
-            }
+        if Instant::now() >= deadline {
+            shared.abandon_transfers();
+            return;
         }
-        // SAFETY: all its URBs are back and its record is out of the
-        // table, so nothing else can reach the `Pending`: it is ours.
-        let pending = unsafe { Box::from_raw(pending) };
-        let (device, generation, result, device_lost) = pending.finish();
-        device.finish_urb(generation, result, device_lost);
+        drop(shared);
+        match usbfs::reap(fd.as_fd()) {
+            Ok(urb) => {
+                deliver(urb, busid);
+            }
+            // Disconnected: REAPURB no longer waits.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reaped {
+    Marker,
+    Urb,
+}
+
+/// Counts in an URB usbfs handed back and, with the last of its transfer,
+/// delivers the transfer's result.
+fn deliver(urb: *mut RawUrb, busid: &str) -> Reaped {
+    // SAFETY: usbfs returns the address of an URB we submitted on this
+    // file, which stays allocated until we free it below.
+    let context = unsafe { (*urb).usercontext };
+    if context.is_null() {
+        // SAFETY: only the marker has no context; `stop_reaping` leaked it
+        // for us to free.
+        drop(unsafe { Box::from_raw(urb.cast::<Marker>()) });
+        return Reaped::Marker;
+    }
+    let pending = context.cast::<Pending>();
+    // SAFETY: the `Pending` lives until the last of its URBs is back; these
+    // fields never change after submission.
+    let (device, generation, seqnum) =
+        unsafe { (&(*pending).device, (*pending).generation, (*pending).seqnum) };
+    match device.urb_reaped(generation, seqnum) {
+        Some(false) => return Reaped::Urb,
+        Some(true) => {}
+        None => {
+            // Not in the table (abandoned): freeing what it points to could
+            // free memory still in use. Leak it and say so.
+            warn!("{busid}: reaped URB {seqnum} has no record; leaking it");
+            return Reaped::Urb;
+        }
+    }
+    // SAFETY: all its URBs are back and its record is out of the table, so
+    // nothing else can reach the `Pending`: it is ours.
+    let pending = unsafe { Box::from_raw(pending) };
+    let (device, generation, result, device_lost) = pending.finish();
+    device.finish_urb(generation, result, device_lost);
+    Reaped::Urb
 }
 
 #[cfg(test)]
