@@ -27,6 +27,26 @@ pub struct RawUrb {
     pub usercontext: *mut libc::c_void,
 }
 
+impl RawUrb {
+    /// An URB of `kind` to `endpoint`, its buffer and context still unset.
+    pub fn new(kind: u8, endpoint: u8, flags: u32, buffer_length: i32) -> Self {
+        Self {
+            kind,
+            endpoint,
+            status: 0,
+            flags,
+            buffer: std::ptr::null_mut(),
+            buffer_length,
+            actual_length: 0,
+            start_frame: 0,
+            number_of_packets: 0,
+            error_count: 0,
+            signr: 0,
+            usercontext: std::ptr::null_mut(),
+        }
+    }
+}
+
 /// `struct usbdevfs_iso_packet_desc`, following the URB in memory.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -219,20 +219,7 @@ struct Urb {
 impl Urb {
     fn new(kind: u8, endpoint: u8, flags: u32, buffer: Vec<u8>) -> Box<Self> {
         let mut urb = Box::new(Urb {
-            raw: RawUrb {
-                kind,
-                endpoint,
-                status: 0,
-                flags,
-                buffer: std::ptr::null_mut(),
-                buffer_length: buffer.len() as i32,
-                actual_length: 0,
-                start_frame: 0,
-                number_of_packets: 0,
-                error_count: 0,
-                signr: 0,
-                usercontext: std::ptr::null_mut(),
-            },
+            raw: RawUrb::new(kind, endpoint, flags, buffer.len() as i32),
             buffer,
             seqnum: 0,
             number_of_packets: 0,

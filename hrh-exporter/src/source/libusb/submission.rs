@@ -247,20 +247,7 @@ struct Marker {
 /// take it (the thread then ends when the device goes away).
 pub fn stop_reaping(fd: BorrowedFd<'_>) -> bool {
     let marker = Box::new(Marker {
-        urb: RawUrb {
-            kind: usbfs::TYPE_CONTROL,
-            endpoint: 0,
-            status: 0,
-            flags: 0,
-            buffer: std::ptr::null_mut(),
-            buffer_length: 10,
-            actual_length: 0,
-            start_frame: 0,
-            number_of_packets: 0,
-            error_count: 0,
-            signr: 0,
-            usercontext: std::ptr::null_mut(),
-        },
+        urb: RawUrb::new(usbfs::TYPE_CONTROL, 0, 0, 10),
         setup_and_status: [0x80, 0x00, 0, 0, 0, 0, 2, 0, 0, 0],
     });
     let marker = Box::into_raw(marker);
