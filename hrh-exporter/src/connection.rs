@@ -69,12 +69,6 @@ async fn serve(
     loop {
         let (backlog, unwritten) = {
             let mut st = link.lock();
-            if st.gone {
-                return Err(ConnectionError::DeviceGone);
-            }
-            if let Some(e) = st.failed.take() {
-                return Err(e);
-            }
             while let Some(msg) = CmdMessage::decode(buf)? {
                 for action in st.session.on_command(msg)? {
                     match action {
@@ -84,6 +78,11 @@ async fn serve(
                 }
             }
             link.flush(&mut st);
+            // Checked before anything goes to the device: what a device
+            // thread reported, or a write of ours that failed just now.
+            if st.gone {
+                return Err(ConnectionError::DeviceGone);
+            }
             if let Some(e) = st.failed.take() {
                 return Err(e);
             }
