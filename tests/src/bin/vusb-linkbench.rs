@@ -35,11 +35,17 @@ struct Args {
     /// Also sample where the HRH's CPU goes (perf in the HRH guest) during the round trips
     /// and the pendrive's workloads, into DIR/profiles/. Sampling costs the HRH CPU: compare
     /// a profiled run's paths with each other only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "trace")]
     profile: bool,
+    /// Also trace the HRH's kernel (ftrace: task switches, system calls, page faults,
+    /// address-space loads, packets) during the round trips, into DIR/traces/, with a
+    /// table per round trip in results.md. Tracing costs the HRH CPU per event: compare a
+    /// traced run's paths with each other only.
+    #[arg(long)]
+    trace: bool,
     /// Measure nothing: split the capture of an earlier --capture run in DIR again, from its
     /// results.json (for a run stopped before it got that far).
-    #[arg(long, conflicts_with_all = ["quick", "paths", "links", "round_trips", "capture", "profile"])]
+    #[arg(long, conflicts_with_all = ["quick", "paths", "links", "round_trips", "capture", "profile", "trace"])]
     split_capture: bool,
     /// Where results.json and results.md go.
     #[arg(long, value_name = "DIR")]
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
     let options = runner::Options {
         capture: args.capture,
         profile: args.profile,
+        trace: args.trace,
     };
     let results = runner::run(&plan, &args.out, options)?;
     eprintln!("results in {}", args.out.display());

@@ -747,6 +747,7 @@ mod tests {
             errors: BTreeMap::new(),
             windows: windows.iter().copied().collect(),
             hrh_cpu: BTreeMap::new(),
+            traces: BTreeMap::new(),
             seconds: 0.0,
         };
         let cells = [

@@ -11,7 +11,8 @@
 //! * `report`: the results as JSON and markdown;
 //! * `capture`: where each transaction's time went, from a capture of the HRH's packets;
 //! * `hrh_cpu`: what the HRH's CPU and its USB/IP server did during each workload;
-//! * `profile`: where the HRH's CPU went, sampled by perf.
+//! * `profile`: where the HRH's CPU went, sampled by perf;
+//! * `sched_trace`: what the HRH's CPU switched between in a round trip, traced by ftrace.
 //!
 //! `vusb-linkbench` (tests/src/bin) drives it; docs/link-benchmarks.md explains it.
 
@@ -22,6 +23,7 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod runner;
+pub mod sched_trace;
 pub mod workloads;
 
 pub use paths::PathKind;

@@ -121,6 +121,9 @@ pub struct Options {
     /// Where the HRH's CPU goes during the round trips and the pendrive's workloads
     /// (`profiles/`, see [`super::profile`]). Sampling costs the HRH CPU.
     pub profile: bool,
+    /// What the HRH's CPU switches between in the round trips (`traces/` and a table, see
+    /// [`super::sched_trace`]). Tracing costs the HRH some CPU per event.
+    pub trace: bool,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::hrh_cpu::HrhCpu;
 use super::plan::Options;
+use super::sched_trace;
 use super::workloads::Workload;
 use super::{PathKind, Plan};
 
@@ -46,6 +47,9 @@ pub struct Cell {
     pub windows: BTreeMap<&'static str, [f64; 2]>,
     /// What the HRH's CPU did during each workload.
     pub hrh_cpu: BTreeMap<&'static str, HrhCpu>,
+    /// The HRH's trace of each round-trip workload, per round trip (`--trace`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub traces: BTreeMap<&'static str, sched_trace::Summary>,
     /// Wall time of the whole cell, guest boot included.
     pub seconds: f64,
 }
@@ -86,6 +90,7 @@ impl Cell {
             errors: BTreeMap::new(),
             windows,
             hrh_cpu: BTreeMap::new(),
+            traces: BTreeMap::new(),
             seconds: v["seconds"].as_f64().unwrap_or_default(),
         })
     }
@@ -252,6 +257,9 @@ impl Results {
             }
             let _ = writeln!(s, "| {row} |");
         }
+        if self.recorded.trace {
+            s.push_str(&self.traces_markdown());
+        }
         let failed: Vec<&Cell> = self.cells.iter().filter(|c| !c.errors.is_empty()).collect();
         if !failed.is_empty() {
             let _ = writeln!(s, "\n## Failures\n");
@@ -260,6 +268,40 @@ impl Results {
                     let first = e.lines().next().unwrap_or_default();
                     let _ = writeln!(s, "- {} {}: {first}", cell_label(c).replace(" | ", " "), w);
                 }
+            }
+        }
+        s
+    }
+
+    /// The HRH's traces: per round trip, who had its CPU and what it switched between.
+    fn traces_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n## The HRH's CPU in a round trip, traced\n\n\
+             From ftrace in the HRH (`traces/`), per round trip: CPU time by task (µs, \
+             softirqs apart, idle left out), task switches, address spaces loaded, \
+             system calls and user page faults, from the workload's first packet in to its \
+             last.\n\n\
+             | workload | link | path | CPU by task | switches | mm loads | syscalls | \
+             faults |\n|---|---|---|---|---:|---:|---:|---:|"
+        );
+        for w in sched_trace::TRACED {
+            for c in &self.cells {
+                let Some(t) = c.traces.get(w.name()) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    w.name(),
+                    cell_label(c),
+                    t.busiest(5),
+                    t.counts.switches,
+                    t.counts.mm_loads,
+                    t.counts.syscalls.values().sum::<f64>(),
+                    t.counts.page_faults.values().sum::<f64>(),
+                );
             }
         }
         s
@@ -293,6 +335,7 @@ mod tests {
             errors: BTreeMap::new(),
             windows: [("hid-ping", [1.5, 2.5])].into_iter().collect(),
             hrh_cpu: BTreeMap::new(),
+            traces: BTreeMap::new(),
             seconds: 7.0,
         };
         let saved = serde_json::to_value(&cell).unwrap();

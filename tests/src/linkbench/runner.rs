@@ -16,6 +16,7 @@ use super::paths::{self, Devices};
 pub use super::plan::Options;
 use super::profile;
 use super::report::{Cell, PathSummary, Results};
+use super::sched_trace;
 use super::workloads::{self, Workload};
 use super::{PathKind, Plan};
 use crate::hrh::{Hrh, HrhConfig};
@@ -72,6 +73,10 @@ pub fn run(plan: &Plan, out: &Path, options: Options) -> Result<Results> {
     if options.profile {
         profile::check_available()?;
         let dir = out.join("profiles");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if options.trace {
+        let dir = out.join("traces");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let cells = plan.cells();
@@ -196,6 +201,7 @@ fn run_cell(
         errors: BTreeMap::new(),
         windows: BTreeMap::new(),
         hrh_cpu: BTreeMap::new(),
+        traces: BTreeMap::new(),
         seconds: 0.0,
     };
     progress.say(&format!("{label}: bringing the path up"));
@@ -260,8 +266,23 @@ fn measure(
         unix_now()
     };
     let cpu_before = hrh_cpu_snapshot(hrh);
+    let tracing = setting.options.trace
+        && sched_trace::TRACED.contains(&w)
+        && match sched_trace::start(hrh.remote()) {
+            Ok(()) => true,
+            Err(e) => {
+                trace_failed(cell, w, &e);
+                false
+            }
+        };
     let outcome = workloads::run(w, setting.plan, hrh.remote(), guest);
-    cell.windows.insert(w.name(), [began, unix_now()]);
+    let ended = unix_now();
+    if tracing {
+        if let Err(e) = save_trace(setting, hrh, cell, w, outcome.result.as_ref()) {
+            trace_failed(cell, w, &e);
+        }
+    }
+    cell.windows.insert(w.name(), [began, ended]);
     let cpu_after = hrh_cpu_snapshot(hrh);
     if profiling {
         let report = profile::report_path(setting.out, cell.link, cell.path.name(), w);
@@ -290,6 +311,39 @@ fn measure(
 fn profile_failed(cell: &mut Cell, w: Workload, e: &anyhow::Error) {
     cell.errors
         .entry("profile")
+        .or_insert_with(|| format!("{}: {e:#}", w.name()));
+}
+
+/// Stops the HRH's trace of `w`, writes it out and adds its summary to `cell`.
+fn save_trace(
+    setting: &Setting,
+    hrh: &mut Hrh,
+    cell: &mut Cell,
+    w: Workload,
+    result: Option<&serde_json::Value>,
+) -> Result<()> {
+    let lines = sched_trace::stop(hrh.remote())?;
+    let path = sched_trace::trace_path(setting.out, cell.link, cell.path.name(), w);
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The round trips the workload counted, else those it was asked for.
+    let round_trips = result
+        .and_then(|v| v.get("rtt_stats_us")?.get("count")?.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(match w {
+            Workload::HidPing => setting.plan.hid_pings,
+            _ => setting.plan.pings,
+        });
+    let summary = sched_trace::Summary::of(&lines, round_trips)
+        .with_context(|| format!("summing up {}", path.display()))?;
+    cell.traces.insert(w.name(), summary);
+    Ok(())
+}
+
+/// Records that tracing `w` failed (the first such failure of the cell).
+fn trace_failed(cell: &mut Cell, w: Workload, e: &anyhow::Error) {
+    cell.errors
+        .entry("trace")
         .or_insert_with(|| format!("{}: {e:#}", w.name()));
 }
 
