@@ -21,7 +21,7 @@ use usbip_proto::{errno, feature, request, SetupPacket};
 use super::descriptors::{build_identity, Configuration, DeviceDescriptor, Location};
 use super::discovery::{read_active_config, FoundDevice};
 use super::mapped::{MappedPool, UsbfsMapper};
-use super::submission::{self, Prepared, Submitted};
+use super::submission::{self, Prepared, Submission, Submitted};
 use super::transfer::{self, rusb_error_errno};
 use super::LibusbError;
 use crate::device::{DeviceEvent, DeviceIdentity, EventSink, Urb, UrbResult, UsbDevice};
@@ -310,7 +310,10 @@ impl Shared {
     }
 
     fn submit(self: &Arc<Self>, urb: Urb) {
-        let generation = self.lock().generation;
+        let (generation, endpoint_type) = {
+            let st = self.lock();
+            (st.generation, st.endpoint_types.get(&urb.endpoint).copied())
+        };
         let seqnum = urb.seqnum;
         if self.is_gone() {
             return self.complete_now(generation, seqnum, -errno::ENODEV);
@@ -318,33 +321,59 @@ impl Shared {
         if let Some(special) = Special::classify(&urb) {
             return self.start_special(generation, seqnum, special);
         }
-        let endpoint_type = self.lock().endpoint_types.get(&urb.endpoint).copied();
         let prepared = transfer::plan(&urb, endpoint_type)
             .and_then(|plan| Prepared::new(self, generation, seqnum, plan));
-        let prepared = match prepared {
+        let mut prepared = match prepared {
             Ok(p) => p,
             Err(status) => return self.complete_now(generation, seqnum, status),
         };
-        let mut st = self.lock();
-        // Submitted under the lock, so the reaping thread (which takes it)
-        // always finds the entry.
-        match prepared.submit(self.usbfs.as_fd()) {
-            Ok(transfer) => {
-                st.in_flight
-                    .insert((generation, seqnum), InFlight::Transfer(transfer));
-            }
-            Err(status) => {
-                drop(st);
-                debug!(
-                    "{}: cannot submit URB {seqnum} to endpoint {:#04x}: {status}",
-                    self.busid, urb.endpoint
-                );
-                self.complete_now(generation, seqnum, status);
-                if status == -errno::ENODEV {
-                    let mut st = self.lock();
-                    self.mark_gone(&mut st);
+        // Recorded first and submitted after, outside the lock: the reaping
+        // thread may get the URB back at once and must find its record, and
+        // must not wait on this thread, which that completion's wake-up can
+        // preempt on a one-CPU gateway.
+        let key = (generation, seqnum);
+        let record = prepared.record();
+        self.lock()
+            .in_flight
+            .insert(key, InFlight::Transfer(record));
+        let status = match prepared.submit(self.usbfs.as_fd()) {
+            Submission::Started => return,
+            Submission::Refused(status) => status,
+            Submission::Partly(unstarted) => {
+                let mut st = self.lock();
+                // Gone from the table only if the device went away and its
+                // transfers were abandoned (and leaked) meanwhile.
+                let Some(InFlight::Transfer(record)) = st.in_flight.get_mut(&key) else {
+                    return;
+                };
+                if let Some(reaped) = unstarted.settle(record) {
+                    st.in_flight.remove(&key);
+                    drop(st);
+                    submission::finish_reaped(reaped);
                 }
+                return;
             }
+        };
+        debug!(
+            "{}: cannot submit URB {seqnum} to endpoint {:#04x}: {status}",
+            self.busid, urb.endpoint
+        );
+        let recorded = {
+            let mut st = self.lock();
+            let recorded = st.in_flight.remove(&key).is_some();
+            if st.in_flight.is_empty() {
+                self.idle.notify_all();
+            }
+            recorded
+        };
+        // Not recorded any more: the device went away meanwhile, and its
+        // transfers were abandoned, this one answered with them.
+        if recorded {
+            self.complete_now(generation, seqnum, status);
+        }
+        if status == -errno::ENODEV {
+            let mut st = self.lock();
+            self.mark_gone(&mut st);
         }
     }
 

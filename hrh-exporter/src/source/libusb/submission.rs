@@ -7,9 +7,10 @@
 //!    transfer's buffer and one usbfs URB, or several for an isochronous URB
 //!    of more packets than usbfs takes at once. Each points back at the
 //!    `Pending`. Until submitted, dropping the [`Prepared`] frees it all.
-//! 2. [`Prepared::submit`] hands the URBs to usbfs, under the device's state
-//!    lock, and the device's in-flight table keeps the [`Submitted`] record
-//!    (their addresses, to cancel them, and how many are still out).
+//! 2. The device's in-flight table takes the [`Submitted`] record of
+//!    [`Prepared::record`] (the URBs' addresses, to cancel them, and how many
+//!    are still out); then [`Prepared::submit`] hands the URBs to usbfs,
+//!    without the table's lock.
 //! 3. The reaping thread ([`reap_loop`]) gets each URB back from usbfs. Under
 //!    the same lock it counts it in, and with the last one takes the record
 //!    out of the table; only then does it free the `Pending`, so a cancel
@@ -123,54 +124,123 @@ impl Prepared {
         Ok(Self(pending))
     }
 
-    /// Hands the URBs to usbfs on `fd`. Call it under the device's state
-    /// lock and put the record in the in-flight table before letting go:
-    /// the reaping thread looks for it there.
-    ///
-    /// `Err` with the errno when nothing could be started (everything is
-    /// freed). If only some URBs of a split isochronous transfer started,
-    /// the rest are cancelled and the transfer ends with the errno when
-    /// they are back.
-    pub fn submit(self, fd: BorrowedFd<'_>) -> Result<Submitted, i32> {
+    /// The record the device's in-flight table keeps for the transfer: the
+    /// addresses of its URBs, all of them counted as out. It goes into the
+    /// table before [`Self::submit`], since the reaping thread may be handed
+    /// an URB back before `submit` returns, and looks for its record there.
+    pub fn record(&mut self) -> Submitted {
+        let pending: *mut Pending = &mut *self.0;
+        let urbs: Vec<NonNull<RawUrb>> = self
+            .0
+            .urbs
+            .iter_mut()
+            .map(|block| {
+                block.urb_mut().usercontext = pending.cast();
+                NonNull::new(block.as_ptr()).expect("a block's address")
+            })
+            .collect();
+        Submitted {
+            outstanding: urbs.len(),
+            urbs,
+        }
+    }
+
+    /// Hands the URBs to usbfs on `fd`, once [`Self::record`]'s record is in
+    /// the in-flight table. Not under the device's state lock: the
+    /// completion's wake-up may preempt this thread at once, and the reaping
+    /// thread would then wait for the lock.
+    pub fn submit(self, fd: BorrowedFd<'_>) -> Submission {
+        // The URBs' addresses are taken before the first is submitted: from
+        // then on the reaping thread may free the `Pending` as soon as all
+        // of them are back, and it must not be touched again.
         let pending = NonNull::from(Box::leak(self.0));
-        let p = pending.as_ptr();
         // SAFETY: not submitted yet: the box is ours alone.
-        let count = unsafe { (*p).urbs.len() };
-        let mut started = Vec::with_capacity(count);
-        for i in 0..count {
-            // SAFETY: blocks not yet submitted are still ours; those
-            // submitted are not touched here, only their address kept.
-            let urb = unsafe {
-                let block = &mut (&mut (*p).urbs)[i];
-                block.urb_mut().usercontext = p.cast();
-                block.as_ptr()
-            };
+        let urbs: Vec<*mut RawUrb> = unsafe {
+            (*pending.as_ptr())
+                .urbs
+                .iter_mut()
+                .map(UrbBlock::as_ptr)
+                .collect()
+        };
+        for (i, &urb) in urbs.iter().enumerate() {
             // SAFETY: the block, its buffer and `Pending` stay where they
             // are until the reaping thread frees them after reaping them.
-            match unsafe { usbfs::submit(fd, urb) } {
-                Ok(()) => started.push(NonNull::new(urb).expect("a block's address")),
-                Err(e) => {
-                    let status = -e.raw_os_error().unwrap_or(errno::EPROTO);
-                    if started.is_empty() {
-                        // SAFETY: nothing reached usbfs: the box is ours.
-                        drop(unsafe { Box::from_raw(p) });
-                        return Err(status);
-                    }
-                    // SAFETY: the reaping thread reads `failed` only after
-                    // taking the lock our caller holds.
-                    unsafe { (*p).failed = Some((i, status)) };
-                    for urb in &started {
-                        usbfs::discard(fd, urb.as_ptr());
-                    }
-                    break;
+            if let Err(e) = unsafe { usbfs::submit(fd, urb) } {
+                let status = -e.raw_os_error().unwrap_or(errno::EPROTO);
+                if i == 0 {
+                    // SAFETY: nothing reached usbfs: the box is ours.
+                    drop(unsafe { Box::from_raw(pending.as_ptr()) });
+                    return Submission::Refused(status);
                 }
+                for &started in &urbs[..i] {
+                    usbfs::discard(fd, started);
+                }
+                return Submission::Partly(Unstarted {
+                    pending,
+                    started: i,
+                    status,
+                });
             }
         }
-        Ok(Submitted {
-            outstanding: started.len(),
-            urbs: started,
-        })
+        Submission::Started
     }
+}
+
+/// How handing a transfer to usbfs went.
+#[derive(Debug)]
+pub enum Submission {
+    /// Every URB is in usbfs's hands.
+    Started,
+    /// None is, for this errno; the transfer is freed. Its record must
+    /// leave the in-flight table.
+    Refused(i32),
+    /// Only the first URBs of a split isochronous transfer are, and they
+    /// are being cancelled; the caller settles the record with
+    /// [`Unstarted::settle`].
+    Partly(Unstarted),
+}
+
+/// The URBs of a split isochronous transfer that usbfs did not take.
+#[derive(Debug)]
+pub struct Unstarted {
+    pending: NonNull<Pending>,
+    started: usize,
+    status: i32,
+}
+
+// SAFETY: it only stands for the `Pending`, which `settle` reaches under the
+// device's state lock.
+unsafe impl Send for Unstarted {}
+
+impl Unstarted {
+    /// Takes the URBs that never started out of `record` (under the
+    /// device's state lock, the record still in the in-flight table). The
+    /// transfer ends with the submission's errno; if its started URBs are
+    /// all back already, the transfer is returned to be finished
+    /// ([`finish_reaped`]) once its record is out of the table.
+    pub fn settle(self, record: &mut Submitted) -> Option<Reaped> {
+        let p = self.pending.as_ptr();
+        // SAFETY: the record still counts the URBs that never started, so
+        // the reaping thread has not freed the `Pending`; it reads `failed`
+        // only after taking the lock our caller holds.
+        unsafe { (*p).failed = Some((self.started, self.status)) };
+        let unstarted = record.urbs.len() - self.started;
+        record.urbs.truncate(self.started);
+        record.outstanding -= unstarted;
+        // SAFETY: none of its URBs is out: nothing else reaches it.
+        (record.outstanding == 0).then(|| Reaped(unsafe { Box::from_raw(p) }))
+    }
+}
+
+/// A transfer whose URBs are all back and whose record is out of the
+/// in-flight table, to be finished.
+#[derive(Debug)]
+pub struct Reaped(Box<Pending>);
+
+/// Delivers the result of a transfer whose URBs are all back.
+pub fn finish_reaped(reaped: Reaped) {
+    let (device, generation, result, device_lost) = reaped.0.finish();
+    device.finish_urb(generation, result, device_lost);
 }
 
 /// A transfer in usbfs's hands, as the device's in-flight table keeps it.
@@ -280,7 +350,7 @@ pub fn reap_loop(fd: Arc<OwnedFd>, busid: &str, device: Weak<Shared>) {
     loop {
         match usbfs::reap(fd.as_fd()) {
             Ok(urb) => {
-                if deliver(urb, busid) == Reaped::Marker {
+                if deliver(urb, busid) == Delivered::Marker {
                     return;
                 }
             }
@@ -327,14 +397,14 @@ fn drain(fd: &OwnedFd, busid: &str, device: &Weak<Shared>) {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Reaped {
+enum Delivered {
     Marker,
     Urb,
 }
 
 /// Counts in an URB usbfs handed back and, with the last of its transfer,
 /// delivers the transfer's result.
-fn deliver(urb: *mut RawUrb, busid: &str) -> Reaped {
+fn deliver(urb: *mut RawUrb, busid: &str) -> Delivered {
     // SAFETY: usbfs returns the address of an URB we submitted on this
     // file, which stays allocated until we free it below.
     let context = unsafe { (*urb).usercontext };
@@ -342,7 +412,7 @@ fn deliver(urb: *mut RawUrb, busid: &str) -> Reaped {
         // SAFETY: only the marker has no context; `stop_reaping` leaked it
         // for us to free.
         drop(unsafe { Box::from_raw(urb.cast::<Marker>()) });
-        return Reaped::Marker;
+        return Delivered::Marker;
     }
     let pending = context.cast::<Pending>();
     // SAFETY: the `Pending` lives until the last of its URBs is back; these
@@ -350,21 +420,19 @@ fn deliver(urb: *mut RawUrb, busid: &str) -> Reaped {
     let (device, generation, seqnum) =
         unsafe { (&(*pending).device, (*pending).generation, (*pending).seqnum) };
     match device.urb_reaped(generation, seqnum) {
-        Some(false) => return Reaped::Urb,
+        Some(false) => return Delivered::Urb,
         Some(true) => {}
         None => {
             // Not in the table (abandoned): freeing what it points to could
             // free memory still in use. Leak it and say so.
             warn!("{busid}: reaped URB {seqnum} has no record; leaking it");
-            return Reaped::Urb;
+            return Delivered::Urb;
         }
     }
     // SAFETY: all its URBs are back and its record is out of the table, so
     // nothing else can reach the `Pending`: it is ours.
-    let pending = unsafe { Box::from_raw(pending) };
-    let (device, generation, result, device_lost) = pending.finish();
-    device.finish_urb(generation, result, device_lost);
-    Reaped::Urb
+    finish_reaped(Reaped(unsafe { Box::from_raw(pending) }));
+    Delivered::Urb
 }
 
 #[cfg(test)]
