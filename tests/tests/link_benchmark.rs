@@ -3,7 +3,9 @@
 //! workload gives a result, nothing read back differs from what was written and no round
 //! trip is lost, the HRH's USB/IP server is seen at work, and the results on disk say the
 //! same. With the HRH's packets captured, every round trip of the USB/IP paths is found
-//! again in the capture. The numbers themselves are not judged here
+//! again in the capture; with the HRH's kernel traced, its USB/IP server is seen in each
+//! round trip, hrh-exporter's threads loading the address space that usbip-host's kernel
+//! threads do without. The numbers themselves are not judged here
 //! (docs/link-benchmarks.md has them).
 //!
 //! Run with `cargo nextest run -p vusb-vm-tests --run-ignored only -E
@@ -11,6 +13,7 @@
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use vusb_vm_tests::linkbench::sched_trace::TRACED;
 use vusb_vm_tests::linkbench::workloads::Workload;
 use vusb_vm_tests::linkbench::{runner, PathKind, Plan};
 
@@ -21,6 +24,7 @@ fn the_quick_link_benchmark_measures_every_path() -> Result<()> {
     let plan = Plan::quick().only_links(&["lan".into()])?;
     let options = runner::Options {
         capture: true,
+        trace: true,
         ..Default::default()
     };
     let results = runner::run(&plan, dir.path(), options)?;
@@ -71,6 +75,40 @@ fn the_quick_link_benchmark_measures_every_path() -> Result<()> {
             "{who}: {stream}"
         );
     }
+
+    // The trace: every traced round-trip series of a tunnelled path, none of its events
+    // dropped, shows the server at work. hrh-exporter's threads (its runtime and a reaping
+    // thread per device) make system calls, and the CPU loads their address space again
+    // in every round trip, after the gadget's echo program; usbip-host's are kernel
+    // threads, which make none.
+    for cell in results.cells.iter().filter(|c| c.path.tunnelled()) {
+        let who = cell.path.name();
+        for w in TRACED {
+            let t = cell
+                .traces
+                .get(w.name())
+                .with_context(|| format!("{who}: no trace of {}", w.name()))?;
+            let what = format!("{who} {}: {t:?}", w.name());
+            assert_eq!(t.lost_events, 0, "{what}");
+            let ran = |prefix: &str| {
+                t.cpu_us
+                    .iter()
+                    .any(|(k, &us)| k.starts_with(prefix) && us > 0.0)
+            };
+            match cell.path {
+                PathKind::OursVirtio | PathKind::OursUsbredir => {
+                    assert!(ran("hrh-exporter") && ran("reap-"), "{what}");
+                    assert!(t.counts.syscalls.get("hrh-exporter") > Some(&0.0), "{what}");
+                    assert!(t.counts.mm_loads >= 1.0, "{what}");
+                }
+                _ => {
+                    assert!(ran("stub_rx") && ran("stub_tx"), "{what}");
+                    assert!(!t.counts.syscalls.contains_key("stub_rx"), "{what}");
+                }
+            }
+        }
+    }
+    assert!(results.cells[0].traces.is_empty(), "local is not traced");
 
     let on_disk: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json"))?)?;

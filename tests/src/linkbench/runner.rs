@@ -266,7 +266,9 @@ fn measure(
         unix_now()
     };
     let cpu_before = hrh_cpu_snapshot(hrh);
+    // Local crosses no network: its trace would have no packets to frame it.
     let tracing = setting.options.trace
+        && cell.path.tunnelled()
         && sched_trace::TRACED.contains(&w)
         && match sched_trace::start(hrh.remote()) {
             Ok(()) => true,
