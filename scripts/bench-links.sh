@@ -13,6 +13,7 @@
 #   scripts/bench-links.sh --out DIR             default: bench-results/links-<date>[-quick]
 #   scripts/bench-links.sh --quick --capture     also split each transaction at the HRH's NIC
 #   scripts/bench-links.sh --quick --profile     also sample the HRH's CPU with perf
+#   scripts/bench-links.sh --quick --trace       also trace what the HRH's CPU switches between
 #   scripts/bench-links.sh --quick --round-trips 200   more round trips per series
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,11 @@ while [ $# -gt 0 ]; do
         --quick) ARGS+=(--quick) SUFFIX=-quick ;;
         --capture) ARGS+=(--capture) ;;
         --profile) ARGS+=(--profile) PROFILE=1 ;;
+        --trace) ARGS+=(--trace) ;;
         --paths|--links) ARGS+=("$1" "${2:?$1 needs a list}"); shift ;;
         --round-trips) ARGS+=("$1" "${2:?$1 needs a number}"); shift ;;
         --out) OUT=${2:?--out needs a directory}; shift ;;
-        *) echo "usage: scripts/bench-links.sh [--quick] [--capture] [--profile] [--round-trips N] [--paths P,..] [--links L,..] [--out DIR]" >&2
+        *) echo "usage: scripts/bench-links.sh [--quick] [--capture] [--profile] [--trace] [--round-trips N] [--paths P,..] [--links L,..] [--out DIR]" >&2
            exit 2 ;;
     esac
     shift
