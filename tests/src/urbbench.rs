@@ -101,6 +101,10 @@ pub struct Options {
     /// reports here, one per server ([`crate::linkbench::profile`]). Sampling costs the
     /// HRH some CPU, the same for every server.
     pub profiles: Option<PathBuf>,
+    /// Run `vusb-probe ticker` in the HRH beside each server, waking every this many
+    /// microseconds: another process takes the CPU between a server's URBs, as the
+    /// gadgets' echo programs do in the link benchmark's round trips.
+    pub ticker_us: Option<u32>,
 }
 
 impl Default for Options {
@@ -115,6 +119,7 @@ impl Default for Options {
             without_usbipd: false,
             floor: false,
             profiles: None,
+            ticker_us: None,
         }
     }
 }
@@ -237,6 +242,9 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
     if options.floor {
         config = config.with_floor_server()?;
     }
+    if options.ticker_us.is_some() {
+        config = config.with_probe();
+    }
     if let Some(dir) = &options.profiles {
         profile::check_available()?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -272,7 +280,13 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
             if profiled.is_some() {
                 profile::start(hrh.remote())?;
             }
+            if let Some(us) = options.ticker_us {
+                start_ticker(&mut hrh, us)?;
+            }
             let measured = measure(&mut hrh, &load, &busid, options, &cells);
+            if options.ticker_us.is_some() {
+                stop_ticker(&mut hrh)?;
+            }
             if let Some(dir) = profiled {
                 let report = profile::stop(hrh.remote())?;
                 let path = dir.join(format!("{}.txt", contender.name()));
@@ -300,6 +314,32 @@ pub fn run(options: &Options, name: &str) -> Result<Vec<Sample>> {
     let rc = hrh.finish(Duration::from_secs(120))?;
     ensure!(rc == 0, "the HRH's script ended with {rc}");
     Ok(samples)
+}
+
+/// Starts `vusb-probe ticker` in the HRH ([`Options::ticker_us`]).
+fn start_ticker(hrh: &mut Hrh, interval_us: u32) -> Result<()> {
+    hrh.remote()
+        .check(
+            &format!(
+                "vusb-probe ticker --interval-us {interval_us} --seconds 86400 \
+                 >/tmp/ticker.out 2>&1 & echo $! >/tmp/ticker.pid"
+            ),
+            Duration::from_secs(30),
+        )
+        .context("starting the ticker")?;
+    Ok(())
+}
+
+/// Stops the ticker, which must still be running.
+fn stop_ticker(hrh: &mut Hrh) -> Result<()> {
+    hrh.remote()
+        .check(
+            "p=$(cat /tmp/ticker.pid); kill \"$p\" && wait_for 10 dead \"$p\" || \
+             { cat /tmp/ticker.out; false; }",
+            Duration::from_secs(30),
+        )
+        .context("stopping the ticker")?;
+    Ok(())
 }
 
 /// One `usbip-load --matrix` run against the server the HRH runs now, with the HRH's CPU
@@ -425,7 +465,13 @@ fn median(values: &[f64]) -> Option<f64> {
 /// host: the HRH's share of the host's CPUs varies from window to window, and a smaller
 /// share only ever adds time.
 pub fn markdown(options: &Options, samples: &[Sample]) -> String {
-    let mut md = String::from(
+    let mut md = String::new();
+    if let Some(us) = options.ticker_us {
+        md.push_str(&format!(
+            "With `vusb-probe ticker` waking every {us} µs in the HRH beside each server.\n\n"
+        ));
+    }
+    md.push_str(
         "## Medians over the rounds (best in brackets)\n\n\
          | cell | server | URB/s | latency p50 (µs) | HRH CPU per URB (µs) | server threads per URB (µs) |\n\
          |---|---|---:|---:|---:|---:|\n",

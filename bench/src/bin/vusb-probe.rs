@@ -9,6 +9,7 @@
 //! vusb-probe hid-ping --dev /dev/hidraw0 --count 300 --interval-ms 0
 //! vusb-probe hid-stream-sink --dev /dev/hidraw0 --count 1000
 //! vusb-probe hid-stream-source --dev /dev/hidg0 --interval-ms 8 --count 1000   (HRH)
+//! vusb-probe ticker --interval-us 250 --seconds 60                 (HRH)
 //! ```
 //!
 //! Every subcommand prints one JSON object, on one line, on stdout. Exit
@@ -27,7 +28,7 @@ use serde::Serialize;
 use vusb_bench::probe::disk::{self, DiskOp, DiskSpec};
 use vusb_bench::probe::ping::PingSpec;
 use vusb_bench::probe::stream::MAX_COUNT;
-use vusb_bench::probe::{echo, hid, serial, sink, stream, sys, EXIT_CHECK_FAILED};
+use vusb_bench::probe::{echo, hid, serial, sink, stream, sys, ticker, EXIT_CHECK_FAILED};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -154,6 +155,15 @@ enum Cmd {
         #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_ms: u64,
     },
+    /// Only wakes up: sleeps a short interval, again and again.
+    Ticker {
+        /// Microseconds of each sleep.
+        #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        interval_us: u64,
+        /// Seconds to run for.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: u64,
+    },
 }
 
 /// Prints the result; hands back the failed check, if any.
@@ -217,6 +227,16 @@ fn run(cmd: Cmd) -> Result<Option<String>> {
             let r = sink::hid_stream_sink(&dev, count, Duration::from_millis(timeout_ms))?;
             emit(&r, r.failure())
         }
+        Cmd::Ticker {
+            interval_us,
+            seconds,
+        } => emit(
+            &ticker::tick(
+                Duration::from_micros(interval_us),
+                Duration::from_secs(seconds),
+            ),
+            None,
+        ),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The measurements of `vusb-probe`, the tool that runs inside the test
 //! guests at both ends of a USB tunnel: disk throughput, serial and HID
-//! round trips, and a periodic HID report stream. Each one returns a
-//! result that serialises to one JSON object.
+//! round trips, and a periodic HID report stream, and a process that only
+//! wakes up. Each one returns a result that serialises to one JSON object.
 
 pub mod aligned;
 pub mod disk;
@@ -13,6 +13,7 @@ pub mod serial;
 pub mod sink;
 pub mod stream;
 pub mod sys;
+pub mod ticker;
 pub mod tty;
 
 /// Exit status of a run that measured and printed its result, but whose

@@ -43,6 +43,11 @@ struct Args {
     /// with each other only).
     #[arg(long)]
     profile: bool,
+    /// Run `vusb-probe ticker` in the HRH beside each server, waking every US
+    /// microseconds: another process between a server's URBs, as the link benchmark's echo
+    /// programs are.
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(50..=1_000_000))]
+    ticker_us: Option<u32>,
     /// Where results.json and results.md go.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -82,6 +87,7 @@ fn main() -> Result<()> {
         without_usbipd: args.without_usbipd,
         floor: args.floor,
         profiles: args.profile.then(|| args.out.join("profiles")),
+        ticker_us: args.ticker_us,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
