@@ -293,8 +293,13 @@ impl Results {
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    "| {}{} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                     w.name(),
+                    if t.lost_events > 0 {
+                        format!(" ({} events lost)", t.lost_events)
+                    } else {
+                        String::new()
+                    },
                     cell_label(c),
                     t.busiest(5),
                     t.counts.switches,

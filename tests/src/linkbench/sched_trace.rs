@@ -1,8 +1,8 @@
 //! What the HRH's CPU does in a round trip, event by event: with `vusb-linkbench --trace`
 //! the HRH kernel's own tracer (ftrace) records, while each round-trip workload runs, every
 //! task switch and wake-up, system call, user page fault, softirq, address-space load and
-//! packet into and out of the stack. Per round trip, the summary gives the CPU time of each
-//! task (and of softirqs), the time the CPU idled, and how many of each event there were.
+//! packet into the stack. Per round trip, the summary gives the CPU time of each task (and
+//! of softirqs), the time the CPU idled, and how many of each event there were.
 //!
 //! Why: `profile` samples where the time goes, but not what the CPU had to switch between.
 //! A kernel USB/IP server's threads borrow whatever address space is loaded; a server in
@@ -44,8 +44,10 @@ const EVENTS: [&str; 8] = [
     "net/netif_receive_skb",
 ];
 
-/// The ring buffer, in KiB: a round trip takes a few hundred events of a few dozen bytes,
-/// and a full series is 300 round trips.
+/// The ring buffer, in KiB. A round trip takes a few hundred events, but dummy_hcd's timer
+/// adds some 11,000 a second while a gadget has an URB queued: this holds about half a
+/// minute of the HRH's events. Longer series lose their oldest events, and the summary
+/// says how many.
 const BUFFER_KIB: u32 = 32 * 1024;
 
 /// Starts recording in `hrh`.
