@@ -1,73 +1,97 @@
-//! The URB phase of one imported device: commands read from the client by
-//! the connection's task, completions answered on the thread the device
-//! completes them on.
+//! The URB phase of one imported device, on a thread of its own: commands
+//! read from the client with blocking reads, completions answered on the
+//! thread the device completes them on.
 //!
-//! A completion is encoded and written to the socket right where the device
-//! reports it (for a real device, its thread blocked in usbfs), as Linux's
-//! usbip-host sends from the thread that completes the URB: no hand-off to
-//! the async runtime on the way back. Only what the socket does not take at
-//! once is left for the task to write when there is room.
+//! Like usbip-host's `stub_rx` and `stub_tx`, and unlike a task of the async
+//! runtime, the reading thread sleeps in the socket's receive and nowhere
+//! else: a command costs the receive that returns it, with no readiness
+//! round through the runtime first. A completion is encoded and written to
+//! the socket right where the device reports it (for a real device, its
+//! thread blocked in usbfs).
 //!
-//! The session (and so the unlink semantics) sits under one lock that both
-//! sides take, so a command and a completion are never handled at once. The
+//! The session (and so the unlink semantics) and the writing sit under one
+//! lock that both sides take, so a command and a completion are never
+//! handled at once and replies go out whole and in order. Writes block: a
+//! client that does not read its replies stalls the writer, which holds the
+//! lock, and so the reader too, which then stops reading its commands. The
 //! device is called only outside that lock: the device delivers events
 //! while holding its own.
 
-use std::io;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use bytes::{BufMut, BytesMut};
 use usbip_proto::CmdMessage;
 
 use crate::device::{DeviceEvent, UsbDevice};
-use crate::server::{make_room, ConnectionError, READ_CHUNK};
+use crate::server::{make_room, ConnectionError};
 use crate::session::{Action, Session};
-
-/// Replies waiting for a client that does not read them: above this much,
-/// no more commands are read from it (whose URBs would add replies).
-pub const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 
 /// Runs the URB phase on `stream` until the client leaves, breaks the
 /// protocol, or the device goes away. `buf` holds what was read past the
 /// import request.
 pub async fn run_urbs(
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+    device: Arc<dyn UsbDevice>,
+    devid: u32,
+) -> Result<(), ConnectionError> {
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    // Dropping this task (its runtime shut down, say) ends the connection,
+    // as it would end a connection served on the task itself.
+    let _shut = ShutOnDrop(stream.try_clone()?);
+    let (done, result) = tokio::sync::oneshot::channel();
+    // Unnamed, the thread keeps the program's name, as the runtime's does.
+    std::thread::Builder::new().spawn(move || {
+        let _ = done.send(run(stream, buf, device, devid));
+    })?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the connection's thread panicked").into()))
+}
+
+/// Shuts a socket down when dropped: its reader's blocking receive returns.
+struct ShutOnDrop(TcpStream);
+
+impl Drop for ShutOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+fn run(
     stream: TcpStream,
     mut buf: BytesMut,
     device: Arc<dyn UsbDevice>,
     devid: u32,
 ) -> Result<(), ConnectionError> {
-    let (mut rd, wr) = stream.into_split();
     let link = Arc::new(Link {
-        wr,
+        stream,
         state: Mutex::new(Outbox {
             session: Session::new(devid),
-            out: BytesMut::with_capacity(READ_CHUNK),
+            out: BytesMut::new(),
             gone: false,
             closed: false,
             failed: None,
         }),
-        wake: Notify::new(),
     });
     let events = Arc::clone(&link);
     device.attach(Arc::new(move |event| events.on_event(event)));
-    let result = serve(&link, &mut rd, &mut buf, &*device).await;
+    let result = serve(&link, &mut buf, &*device);
+    // A device thread blocked writing to a client that reads nothing lets go
+    // of the lock once the socket is shut.
+    let _ = link.stream.shutdown(Shutdown::Both);
     link.lock().closed = true;
     result
 }
 
-async fn serve(
-    link: &Link,
-    rd: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    device: &dyn UsbDevice,
-) -> Result<(), ConnectionError> {
+fn serve(link: &Link, buf: &mut BytesMut, device: &dyn UsbDevice) -> Result<(), ConnectionError> {
     let mut actions = Vec::new();
     loop {
-        let (backlog, unwritten) = {
+        {
             let mut st = link.lock();
             while let Some(msg) = CmdMessage::decode(buf)? {
                 for action in st.session.on_command(msg)? {
@@ -77,17 +101,16 @@ async fn serve(
                     }
                 }
             }
-            link.flush(&mut st);
+            link.send(&mut st);
             // Checked before anything goes to the device: what a device
-            // thread reported, or a write of ours that failed just now.
+            // thread reported, or a write that failed.
             if st.gone {
                 return Err(ConnectionError::DeviceGone);
             }
             if let Some(e) = st.failed.take() {
                 return Err(e);
             }
-            (st.out.len(), !st.out.is_empty())
-        };
+        }
         for action in actions.drain(..) {
             match action {
                 Action::Submit(urb) => device.submit(urb),
@@ -96,40 +119,39 @@ async fn serve(
             }
         }
         make_room(buf);
-        tokio::select! {
-            n = rd.read_buf(buf), if backlog < OUT_HIGH_WATER => {
-                if n? == 0 {
-                    return if buf.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(ConnectionError::Truncated(buf.len()))
-                    };
-                }
+        if link.receive(buf)? == 0 {
+            // The client closed, or a device thread shut the reading side
+            // to wake this one up.
+            let mut st = link.lock();
+            if st.gone {
+                return Err(ConnectionError::DeviceGone);
             }
-            // A completion left replies over, or the device is gone.
-            () = link.wake.notified() => {}
-            ready = link.wr.writable(), if unwritten => ready?,
+            if let Some(e) = st.failed.take() {
+                return Err(e);
+            }
+            return if buf.is_empty() {
+                Ok(())
+            } else {
+                Err(ConnectionError::Truncated(buf.len()))
+            };
         }
     }
 }
 
-/// What the connection's task and the device's threads share.
+/// What the connection's thread and the device's threads share.
 struct Link {
-    wr: OwnedWriteHalf,
+    stream: TcpStream,
     state: Mutex<Outbox>,
-    /// Wakes the task: replies left for it to write, the device gone, or a
-    /// write failed.
-    wake: Notify,
 }
 
 struct Outbox {
     session: Session,
-    /// Encoded replies the socket has not taken yet, in order.
+    /// Encoded replies being written.
     out: BytesMut,
     gone: bool,
-    /// The task has ended: events from now on are dropped.
+    /// The connection has ended: events from now on are dropped.
     closed: bool,
-    /// Why a device thread could not answer; the task ends the connection.
+    /// Why a write failed; the connection's thread ends the connection.
     failed: Option<ConnectionError>,
 }
 
@@ -154,29 +176,48 @@ impl Link {
                         break;
                     }
                 }
-                self.flush(&mut st);
-                // The task writes what is left (it may be waiting only for
-                // commands), or ends the connection.
-                if !st.out.is_empty() || st.failed.is_some() {
-                    self.wake.notify_one();
+                self.send(&mut st);
+                if st.failed.is_some() {
+                    self.wake_reader();
                 }
             }
             DeviceEvent::Gone => {
                 st.gone = true;
-                self.wake.notify_one();
+                self.wake_reader();
             }
         }
     }
 
-    /// Writes what the socket takes now; the rest waits in `out`.
-    fn flush(&self, st: &mut Outbox) {
-        while !st.out.is_empty() && st.failed.is_none() {
-            match self.wr.try_write(&st.out) {
-                Ok(0) => st.failed = Some(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(n) => st.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => st.failed = Some(e.into()),
-            }
+    /// Writes the encoded replies, waiting for the socket to take them.
+    fn send(&self, st: &mut Outbox) {
+        if st.out.is_empty() || st.failed.is_some() {
+            st.out.clear();
+            return;
         }
+        if let Err(e) = (&self.stream).write_all(&st.out) {
+            st.failed = Some(e.into());
+        }
+        st.out.clear();
+    }
+
+    /// Ends the reader's wait in the socket's receive: it then finds out why.
+    fn wake_reader(&self) {
+        let _ = self.stream.shutdown(Shutdown::Read);
+    }
+
+    /// Receives what the client sent into `buf`'s spare room, waiting for
+    /// it; 0 at the end of the stream.
+    fn receive(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let room: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+        let n = loop {
+            match socket2::SockRef::from(&self.stream).recv(room) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        // SAFETY: the socket initialised the first `n` bytes of the spare
+        // room.
+        unsafe { buf.advance_mut(n) };
+        Ok(n)
     }
 }

@@ -1,8 +1,9 @@
 //! The TCP side: accepts connections, answers OP_REQ_DEVLIST and
 //! OP_REQ_IMPORT, and runs the URB phase of an imported device.
 //!
-//! Each connection is its own task; a client that misbehaves loses its
-//! connection with one log line and everyone else carries on.
+//! Each connection is its own task, and its URB phase a thread of its own
+//! (`connection.rs`); a client that misbehaves loses its connection with one
+//! log line and everyone else carries on.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -576,8 +576,9 @@ impl UsbDevice for Eager {
 }
 
 /// A client that sends commands but never reads its replies must not make
-/// the exporter hold ever more of them: once 4 MiB wait, it stops reading
-/// commands, and the client's writes stall instead.
+/// the exporter hold ever more of them: once the socket takes no more, the
+/// reply's write waits, the connection's reader waits for the writer, and
+/// the client's writes stall instead.
 #[tokio::test]
 async fn a_client_that_does_not_read_its_replies_is_not_read_from_either() {
     let device = Arc::new(Eager::default());
@@ -610,8 +611,8 @@ async fn a_client_that_does_not_read_its_replies_is_not_read_from_either() {
         stalled,
         "the exporter read every command ({submitted} URBs) from a client that reads nothing"
     );
-    // 4 MiB of replies, plus what the sockets hold, plus one read's worth
-    // of commands handled at once.
+    // What the sockets hold, plus one read's worth of commands handled at
+    // once.
     let submitted = device.submitted.load(Ordering::SeqCst);
     assert!(
         submitted < 2_000,
