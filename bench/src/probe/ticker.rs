@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::sys;
+
 /// What a ticker did.
 #[derive(Debug, Serialize)]
 pub struct TickerResult {
@@ -16,11 +18,12 @@ pub struct TickerResult {
     pub seconds: f64,
 }
 
-/// Sleeps `interval` at a time until `run_for` has passed.
+/// Sleeps `interval` at a time until `run_for` has passed or a signal asks
+/// it to stop.
 pub fn tick(interval: Duration, run_for: Duration) -> TickerResult {
     let started = Instant::now();
     let mut wakeups = 0;
-    while started.elapsed() < run_for {
+    while started.elapsed() < run_for && !sys::stop_requested() {
         std::thread::sleep(interval);
         wakeups += 1;
     }
