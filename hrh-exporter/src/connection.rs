@@ -102,12 +102,8 @@ fn serve(link: &Link, buf: &mut BytesMut, device: &dyn UsbDevice) -> Result<(), 
                 }
             }
             link.send(&mut st);
-            // Checked before anything goes to the device: what a device
-            // thread reported, or a write that failed.
-            if st.gone {
-                return Err(ConnectionError::DeviceGone);
-            }
-            if let Some(e) = st.failed.take() {
+            // Checked before anything goes to the device.
+            if let Some(e) = st.end() {
                 return Err(e);
             }
         }
@@ -122,11 +118,7 @@ fn serve(link: &Link, buf: &mut BytesMut, device: &dyn UsbDevice) -> Result<(), 
         if link.receive(buf)? == 0 {
             // The client closed, or a device thread shut the reading side
             // to wake this one up.
-            let mut st = link.lock();
-            if st.gone {
-                return Err(ConnectionError::DeviceGone);
-            }
-            if let Some(e) = st.failed.take() {
+            if let Some(e) = link.lock().end() {
                 return Err(e);
             }
             return if buf.is_empty() {
@@ -153,6 +145,17 @@ struct Outbox {
     closed: bool,
     /// Why a write failed; the connection's thread ends the connection.
     failed: Option<ConnectionError>,
+}
+
+impl Outbox {
+    /// Why the connection must end: what a device thread reported, or a
+    /// write that failed.
+    fn end(&mut self) -> Option<ConnectionError> {
+        if self.gone {
+            return Some(ConnectionError::DeviceGone);
+        }
+        self.failed.take()
+    }
 }
 
 impl Link {
@@ -190,12 +193,10 @@ impl Link {
 
     /// Writes the encoded replies, waiting for the socket to take them.
     fn send(&self, st: &mut Outbox) {
-        if st.out.is_empty() || st.failed.is_some() {
-            st.out.clear();
-            return;
-        }
-        if let Err(e) = (&self.stream).write_all(&st.out) {
-            st.failed = Some(e.into());
+        if !st.out.is_empty() && st.failed.is_none() {
+            if let Err(e) = (&self.stream).write_all(&st.out) {
+                st.failed = Some(e.into());
+            }
         }
         st.out.clear();
     }

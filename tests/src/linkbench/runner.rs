@@ -252,13 +252,7 @@ fn measure(
     let label = format!("{} {}", cell.link.unwrap_or("–"), cell.path.name());
     let profiling = setting.options.profile
         && profile::PROFILED.contains(&w)
-        && match profile::start(hrh.remote()) {
-            Ok(()) => true,
-            Err(e) => {
-                profile_failed(cell, w, &e);
-                false
-            }
-        };
+        && started(cell, "profile", w, profile::start(hrh.remote()));
     // With a capture, the window's start is also a mark in it (see `capture`).
     let began = if setting.options.capture {
         hrh.mark().unwrap_or_else(|_| unix_now())
@@ -270,18 +264,12 @@ fn measure(
     let tracing = setting.options.trace
         && cell.path.tunnelled()
         && sched_trace::TRACED.contains(&w)
-        && match sched_trace::start(hrh.remote()) {
-            Ok(()) => true,
-            Err(e) => {
-                trace_failed(cell, w, &e);
-                false
-            }
-        };
+        && started(cell, "trace", w, sched_trace::start(hrh.remote()));
     let outcome = workloads::run(w, setting.plan, hrh.remote(), guest);
     let ended = unix_now();
     if tracing {
         if let Err(e) = save_trace(setting, hrh, cell, w, outcome.result.as_ref()) {
-            trace_failed(cell, w, &e);
+            recording_failed(cell, "trace", w, &e);
         }
     }
     cell.windows.insert(w.name(), [began, ended]);
@@ -292,7 +280,7 @@ fn measure(
             std::fs::write(&report, text).with_context(|| format!("writing {}", report.display()))
         });
         if let Err(e) = saved {
-            profile_failed(cell, w, &e);
+            recording_failed(cell, "profile", w, &e);
         }
     }
     if let Some(v) = outcome.result {
@@ -309,10 +297,18 @@ fn measure(
     }
 }
 
-/// Records that profiling `w` failed (the first such failure of the cell).
-fn profile_failed(cell: &mut Cell, w: Workload, e: &anyhow::Error) {
+/// Whether recording `what` (`profile`, `trace`) around `w` started; if not, records why.
+fn started(cell: &mut Cell, what: &'static str, w: Workload, start: Result<()>) -> bool {
+    start
+        .map_err(|e| recording_failed(cell, what, w, &e))
+        .is_ok()
+}
+
+/// Records that recording `what` around `w` failed (the first such failure of the cell:
+/// the measurement stands).
+fn recording_failed(cell: &mut Cell, what: &'static str, w: Workload, e: &anyhow::Error) {
     cell.errors
-        .entry("profile")
+        .entry(what)
         .or_insert_with(|| format!("{}: {e:#}", w.name()));
 }
 
@@ -340,13 +336,6 @@ fn save_trace(
         .with_context(|| format!("summing up {}", path.display()))?;
     cell.traces.insert(w.name(), summary);
     Ok(())
-}
-
-/// Records that tracing `w` failed (the first such failure of the cell).
-fn trace_failed(cell: &mut Cell, w: Workload, e: &anyhow::Error) {
-    cell.errors
-        .entry("trace")
-        .or_insert_with(|| format!("{}: {e:#}", w.name()));
 }
 
 /// The HRH's CPU counters now; `None` if they cannot be read (the figures are then left

@@ -358,14 +358,7 @@ impl Shared {
             "{}: cannot submit URB {seqnum} to endpoint {:#04x}: {status}",
             self.busid, urb.endpoint
         );
-        let recorded = {
-            let mut st = self.lock();
-            let recorded = st.in_flight.remove(&key).is_some();
-            if st.in_flight.is_empty() {
-                self.idle.notify_all();
-            }
-            recorded
-        };
+        let recorded = self.forget(&mut self.lock(), key);
         // Not recorded any more: the device went away meanwhile, and its
         // transfers were abandoned, this one answered with them.
         if recorded {
@@ -441,11 +434,8 @@ impl Shared {
             self.busid,
             keys.len()
         );
-        for key in &keys {
-            st.in_flight.remove(key);
-        }
-        if st.in_flight.is_empty() {
-            self.idle.notify_all();
+        for &key in &keys {
+            self.forget(&mut st, key);
         }
         drop(st);
         for (generation, seqnum) in keys {
@@ -517,14 +507,21 @@ impl Shared {
         Some(true)
     }
 
+    /// Takes `key` out of the in-flight table, waking a detach that waits
+    /// for the table to empty; whether it was there.
+    fn forget(&self, st: &mut State, key: (u64, u32)) -> bool {
+        let was_there = st.in_flight.remove(&key).is_some();
+        if st.in_flight.is_empty() {
+            self.idle.notify_all();
+        }
+        was_there
+    }
+
     /// Delivers the result of an URB that was in flight, and forgets it.
     /// Called on the reaping thread (transfers) or the request thread.
     pub(super) fn finish_urb(&self, generation: u64, mut result: UrbResult, device_lost: bool) {
         let mut st = self.lock();
-        st.in_flight.remove(&(generation, result.seqnum));
-        if st.in_flight.is_empty() {
-            self.idle.notify_all();
-        }
+        self.forget(&mut st, (generation, result.seqnum));
         // Cancelled because the device went away, not because the client
         // asked: the session must not answer it as an unlink.
         if (device_lost || self.is_gone()) && result.status == -errno::ECONNRESET {
@@ -558,7 +555,7 @@ impl Shared {
         });
         if self.requests.send(job).is_err() {
             // The request thread is gone (it cannot be, while we exist).
-            self.lock().in_flight.remove(&(generation, seqnum));
+            self.forget(&mut self.lock(), (generation, seqnum));
             self.complete_now(generation, seqnum, -errno::ESHUTDOWN);
         }
     }
