@@ -1,7 +1,8 @@
 //! The URB benchmark's machinery (`vusb_vm_tests::urbbench`, `vusb-urbbench`) in one short
 //! round: usbipd, hrh-exporter and the yardstick `usbfs-floor` in the HRH each carry bulk
 //! URBs both ways to the sink gadget, and the HRH's CPU is read around every window, with
-//! the server found working in each. The numbers
+//! the server found working in each. A ticker runs beside each server, and must be running
+//! when its turn ends and stop when told (`--ticker-us`). The numbers
 //! themselves are not judged here (docs/link-benchmarks.md has them).
 //!
 //! Run with `cargo nextest run -p vusb-vm-tests --run-ignored only -E 'binary(urb_bench)'`
@@ -18,10 +19,15 @@ fn every_server_is_measured_in_every_window() -> Result<()> {
         seconds: 1.0,
         sizes: vec![512],
         floor: true,
+        ticker_us: Some(250),
         ..Options::default()
     };
     let samples = urbbench::run(&options, "urb-bench-hrh")?;
     let md = urbbench::markdown(&options, &samples);
+    assert!(
+        md.contains("`vusb-probe ticker` waking every 250 µs"),
+        "{md}"
+    );
     let seen: Vec<(Contender, String)> = samples
         .iter()
         .map(|s| (s.contender, s.cell.label()))
