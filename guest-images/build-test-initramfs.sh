@@ -198,12 +198,12 @@ say "adding kernel modules"
 # The link (tests/src/link.rs) has netem in eth0's root qdisc for outgoing packets and in
 # ifb0's for incoming ones, which eth0's ingress qdisc hands to ifb0 with a matchall filter and
 # a mirred action. The guest has no /sbin/modprobe for the kernel to load these on demand: the
-# shaping script loads them.
+# shaping script loads them. usbmon lets a test see the transfers a device is given.
 MODULES=(
     usbip-core vhci-hcd cdc-acm usb-storage sd_mod usbhid hid-generic snd-usb-audio snd-pcm-oss
     virtio_pci virtio_net e1000
     dummy_hcd libcomposite usb_f_acm usb_f_mass_storage usb_f_hid usb_f_ss_lb usbip-host xhci-pci
-    sch_netem sch_ingress cls_matchall act_mirred ifb
+    sch_netem sch_ingress cls_matchall act_mirred ifb usbmon
 )
 declare -A SEEN=()
 add_module() {

@@ -187,6 +187,12 @@ struct virtio_usb_event {
 
 /* Event buffers kept on the eventq; events are small and rare. */
 #define VUSB_EVENT_BUFS			16
+/*
+ * Scatter-gather is offered only when the device takes transfers this long:
+ * usb-storage asks for up to 1 MiB at SuperSpeed (120 KiB below) in one URB,
+ * which the device would refuse, where one URB per segment always fits.
+ */
+#define VUSB_SG_MIN_TRANSFER		(1U << 20)
 
 /* A device that leaves CANCELs unanswered this long is reset (spec 7.1). */
 #define VUSB_CANCEL_TIMEOUT		(15 * HZ)
@@ -241,6 +247,7 @@ struct vusb_ctrl {
  * @hcd: the root hub the URB was submitted to
  * @vu: the controller
  * @bounce: a copy of the transfer buffer the device can reach, or NULL
+ * @data_sg: a scatter-gather URB's segments, cut to the transfer's length
  * @iso: isochronous packet descriptors, device-readable
  * @iso_res: isochronous results, device-writable
  * @status: the URB's status, between completion and giveback
@@ -257,6 +264,7 @@ struct vusb_req {
 	struct usb_hcd *hcd;
 	struct vusb *vu;
 	void *bounce;
+	struct scatterlist *data_sg;
 	struct virtio_usb_iso_packet *iso;
 	struct virtio_usb_iso_result *iso_res;
 	int status;
@@ -289,6 +297,7 @@ struct vusb_rh {
  * @max_requests: from the configuration space, 0 for no limit
  * @max_transfer: from the configuration space
  * @max_iso_packets: 0 without VIRTIO_USB_F_ISO
+ * @max_segments: the most segments of a scatter-gather URB, 0 for none
  * @ports: indexed by device port number, [0] unused
  * @in_flight: transfers on the requestq
  * @next_id: the next transfer id
@@ -315,6 +324,7 @@ struct vusb {
 	u16 max_requests;
 	u32 max_transfer;
 	u16 max_iso_packets;
+	unsigned int max_segments;
 	struct vusb_port ports[2 * VIRTIO_USB_MAX_PORTS + 1];
 	unsigned int in_flight;
 	u64 next_id;

@@ -330,6 +330,22 @@ static int vusb_read_config(struct vusb *vu)
 	return 0;
 }
 
+/*
+ * Scatter-gather lets a class driver hand over a whole transfer in one URB;
+ * without it the USB core submits one URB, and so one request and one trip
+ * to the device, per segment: a page, for usb-storage. A chain may not be
+ * longer than the ring, and the header and the response take two entries.
+ */
+static unsigned int vusb_max_segments(struct vusb *vu)
+{
+	struct virtqueue *vq = vu->vqs[VIRTIO_USB_VQ_REQUEST];
+	unsigned int ring = virtqueue_get_vring_size(vq);
+
+	if (vu->max_transfer < VUSB_SG_MIN_TRANSFER || ring <= 2)
+		return 0;
+	return ring - 2;
+}
+
 static struct usb_hcd *vusb_add_hcd(struct vusb *vu, struct usb_hcd *primary,
 				    u8 first_port, u8 nports)
 {
@@ -349,6 +365,11 @@ static struct usb_hcd *vusb_add_hcd(struct vusb *vu, struct usb_hcd *primary,
 	rh->vu = vu;
 	rh->first_port = first_port;
 	rh->nports = nports;
+	if (vu->max_segments) {
+		hcd->self.sg_tablesize = vu->max_segments;
+		// The device does not care where segments end (spec 3).
+		hcd->self.no_sg_constraint = 1;
+	}
 	err = usb_add_hcd(hcd, 0, 0);
 	if (err) {
 		usb_put_hcd(hcd);
@@ -495,6 +516,7 @@ static int vusb_probe(struct virtio_device *vdev)
 	err = vusb_init_vqs(vu);
 	if (err)
 		goto err_free_events;
+	vu->max_segments = vusb_max_segments(vu);
 
 	vu->hcd2 = vusb_add_hcd(vu, NULL, 1, vu->usb2_ports);
 	if (IS_ERR(vu->hcd2)) {
@@ -521,9 +543,9 @@ static int vusb_probe(struct virtio_device *vdev)
 		goto err_reset;
 	}
 
-	dev_info(&vdev->dev, "virtio-usb: %u USB 2.0 and %u USB 3 ports, %u-byte transfers%s\n",
+	dev_info(&vdev->dev, "virtio-usb: %u USB 2.0 and %u USB 3 ports, %u-byte transfers, %u segments%s\n",
 		 vu->usb2_ports, vu->usb3_ports, vu->max_transfer,
-		 vu->max_iso_packets ? ", isochronous" : "");
+		 vu->max_segments, vu->max_iso_packets ? ", isochronous" : "");
 	return 0;
 
 err_reset:

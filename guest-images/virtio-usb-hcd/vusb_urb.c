@@ -41,6 +41,7 @@ static int vusb_status_to_errno(u32 status)
 static void vusb_req_free(struct vusb_req *req)
 {
 	kfree(req->bounce);
+	kfree(req->data_sg);
 	kfree(req->iso);
 	kfree(req->iso_res);
 	kfree(req);
@@ -128,6 +129,44 @@ static int vusb_req_setup_iso(struct vusb *vu, struct vusb_req *req,
 	return 0;
 }
 
+/*
+ * The data part of a scatter-gather URB: its segments up to @len bytes. The
+ * device takes the chain's data as one byte stream (spec 3), so segments of
+ * any length go as they are, without a copy.
+ */
+static int vusb_req_setup_sg(struct vusb_req *req, struct urb *urb, u32 len,
+			     gfp_t gfp)
+{
+	struct scatterlist *s, *d;
+	unsigned int n = 0;
+	u32 left = len;
+	int i;
+
+	req->data_sg = kmalloc_array(urb->num_sgs, sizeof(*req->data_sg), gfp);
+	if (!req->data_sg)
+		return -ENOMEM;
+	sg_init_table(req->data_sg, urb->num_sgs);
+	for_each_sg(urb->sg, s, urb->num_sgs, i) {
+		u32 take = min(left, s->length);
+
+		if (!left)
+			break;
+		if (!take)
+			continue;
+		d = &req->data_sg[n++];
+		sg_set_page(d, sg_page(s), take, s->offset);
+		left -= take;
+	}
+	if (left) {
+		dev_err_ratelimited(&urb->dev->dev,
+				    "scatter-gather list holds %u of %u bytes\n",
+				    len - left, len);
+		return -EINVAL;
+	}
+	sg_mark_end(&req->data_sg[n - 1]);
+	return 0;
+}
+
 /* Builds the request for @urb, everything but its id. */
 static struct vusb_req *vusb_req_alloc(struct vusb *vu, struct usb_hcd *hcd,
 				       struct urb *urb, unsigned int port,
@@ -192,7 +231,11 @@ static struct vusb_req *vusb_req_alloc(struct vusb *vu, struct usb_hcd *hcd,
 	req->hdr.interval = cpu_to_le32(urb->interval);
 	req->hdr.start_frame = cpu_to_le32(urb->start_frame);
 
-	if (len && !vusb_buffer_is_linear(urb->transfer_buffer, len)) {
+	if (len && urb->num_sgs) {
+		err = vusb_req_setup_sg(req, urb, len, gfp);
+		if (err)
+			goto err;
+	} else if (len && !vusb_buffer_is_linear(urb->transfer_buffer, len)) {
 		// Copied both ways so that IN bytes the device does not
 		// write keep their old contents, as the spec promises.
 		req->bounce = kmemdup(urb->transfer_buffer, len, gfp);
@@ -223,12 +266,12 @@ static int vusb_req_add(struct vusb *vu, struct vusb_req *req)
 		sg_init_one(&iso, req->iso, npk * sizeof(*req->iso));
 		sgs[out++] = &iso;
 	}
-	if (len)
+	if (len && !req->data_sg)
 		sg_init_one(&data, buf, len);
 	if (len && !is_in)
-		sgs[out++] = &data;
+		sgs[out++] = req->data_sg ?: &data;
 	if (len && is_in)
-		sgs[out + in++] = &data;
+		sgs[out + in++] = req->data_sg ?: &data;
 	if (npk) {
 		sg_init_one(&iso_res, req->iso_res, npk * sizeof(*req->iso_res));
 		sgs[out + in++] = &iso_res;
@@ -298,7 +341,12 @@ int vusb_urb_enqueue(struct usb_hcd *hcd, struct urb *urb, gfp_t mem_flags)
 	port = vusb_urb_port(hcd, urb);
 	if (!port)
 		return -ENODEV;
-	if (urb->num_sgs || (!urb->transfer_buffer && urb->transfer_buffer_length))
+	// The USB core only builds scatter-gather URBs up to the controller's
+	// sg_tablesize, and never isochronous ones.
+	if (urb->num_sgs > vu->max_segments ||
+	    (urb->num_sgs && usb_pipeisoc(urb->pipe)) ||
+	    (!urb->num_sgs && !urb->transfer_buffer &&
+	     urb->transfer_buffer_length))
 		return -EINVAL;
 	if (urb->transfer_buffer_length > vu->max_transfer) {
 		dev_err_ratelimited(&urb->dev->dev,

@@ -261,6 +261,24 @@ server_usbfs_mappings() {
     echo "USBFS-MAPPINGS=$(grep -c ' /dev/bus/usb/' "/proc/$(cat /tmp/server.pid)/maps")"
 }
 
+# usbmon_start: records the URBs submitted on the HRH's USB buses (usbmon's text interface)
+# until usbmon_bulk_out.
+usbmon_start() {
+    [ -d /sys/kernel/debug/usb ] || mount -t debugfs nodev /sys/kernel/debug || return 1
+    modprobe usbmon || return 1
+    cat /sys/kernel/debug/usb/usbmon/0u >/tmp/usbmon.txt &
+    echo $! >/tmp/usbmon.pid
+}
+# usbmon_bulk_out: stops the recording and sums up the bulk OUT URBs of more than 512 bytes
+# (data, not mass-storage command blocks) submitted meanwhile. A text line is "tag time S
+# Bo:bus:dev:ep status length ...".
+usbmon_bulk_out() {
+    kill "$(cat /tmp/usbmon.pid)" 2>/dev/null
+    awk '$3 == "S" && $4 ~ /^Bo:/ && $6 > 512 { n++; sum += $6; if ($6 > max) max = $6 }
+        END { printf "BULK-OUT-URBS=%d\nBULK-OUT-BYTES=%d\nBULK-OUT-MAX=%d\n", n, sum, max }' \
+        /tmp/usbmon.txt
+}
+
 # storage_sha256 MIB: the hash of the first MIB MiB of the storage gadget's backing file.
 storage_sha256() {
     sync

@@ -12,7 +12,8 @@
 //!
 //! Both servers go through the same scenario: the three gadgets enumerate behind the
 //! virtio-usb controller with their class drivers bound, serial lines cross both ways, 8 MiB
-//! written to the disk come back and sit in the gadget's backing file, HID reports cross both
+//! written to the disk reach the gadget in whole transfers (scatter-gather, not a URB per
+//! page), come back and sit in the gadget's backing file, HID reports cross both
 //! ways, and unplugging the serial gadget in the HRH removes it from the vHOME guest while
 //! the disk keeps working. What the vHOME guest sees must be the same for both servers.
 //!
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use vusb_vm_tests::vhome_guest::{boot_vhome, check_console};
-use vusb_vm_tests::{find_device, Backend, Hrh, HrhConfig, HrhDevice, Remote, Server};
+use vusb_vm_tests::{find_device, Backend, Hrh, HrhConfig, HrhDevice, Output, Remote, Server};
 
 /// Two TCG guests boot at once on a small machine.
 const BOOT: Duration = Duration::from_secs(180);
@@ -31,6 +32,9 @@ const BOOT: Duration = Duration::from_secs(180);
 const STEP: Duration = Duration::from_secs(60);
 /// How much data the storage step writes and reads back.
 const STORAGE_MIB: u32 = 8;
+/// The block layer's largest segment: no URB exceeds it when the USB core splits a
+/// scatter-gather transfer.
+const SEGMENT: u64 = 64 << 10;
 
 /// What the vHOME guest saw of one server, for comparing the two.
 #[derive(Debug, PartialEq)]
@@ -129,10 +133,13 @@ fn serial_both_ways(hrh: &mut Hrh, vhome: &mut Remote) -> Result<()> {
 }
 
 fn storage_round_trip(hrh: &mut Hrh, vhome: &mut Remote) -> Result<()> {
+    hrh.remote().check("usbmon_start", STEP)?;
     let out = vhome.check(
         &format!("storage_roundtrip {STORAGE_MIB}"),
         Duration::from_secs(180),
     )?;
+    let urbs = hrh.remote().check("usbmon_bulk_out", STEP)?;
+    whole_transfers(&urbs)?;
     let written = out.required("WRITTEN-SHA256")?.to_owned();
     let read = out.required("READBACK-SHA256")?;
     ensure!(written == read, "read back {read}, wrote {written}");
@@ -143,6 +150,38 @@ fn storage_round_trip(hrh: &mut Hrh, vhome: &mut Remote) -> Result<()> {
     ensure!(
         image == written,
         "the gadget's backing file holds {image}, the vHOME guest wrote {written}"
+    );
+    Ok(())
+}
+
+/// usb-storage hands the controller each write as one scatter-gather URB (120 KiB at high
+/// speed), which must reach the gadget whole: split into one URB per segment, as the USB core
+/// does for a controller without scatter-gather, no URB could exceed the block layer's 64 KiB
+/// segments, and each page would cost a round trip to the HRH.
+fn whole_transfers(urbs: &Output) -> Result<()> {
+    let number = |key: &str| -> Result<u64> {
+        let value = urbs.required(key)?;
+        value.parse().with_context(|| format!("{key}={value}"))
+    };
+    let (count, bytes, max) = (
+        number("BULK-OUT-URBS")?,
+        number("BULK-OUT-BYTES")?,
+        number("BULK-OUT-MAX")?,
+    );
+    let written = u64::from(STORAGE_MIB) << 20;
+    ensure!(
+        bytes >= written,
+        "the gadget was given {bytes} bytes in bulk OUT URBs, the vHOME guest wrote {written}"
+    );
+    ensure!(
+        max > SEGMENT && bytes / count > SEGMENT,
+        "the vHOME guest's writes reached the gadget in {count} URBs averaging {} bytes, \
+         the largest {max}: split at the block layer's {SEGMENT}-byte segments",
+        bytes / count
+    );
+    eprintln!(
+        "the gadget was written in {count} URBs averaging {} bytes, the largest {max}",
+        bytes / count
     );
     Ok(())
 }
