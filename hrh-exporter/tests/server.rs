@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use usbip_proto::{
     errno, op_code, op_status, CmdMessage, CmdSubmit, CmdUnlink, DeviceInfo, Direction, OpReply,
-    OpRequest, RetMessage, RetSubmit, SetupPacket, UrbHeader,
+    OpRequest, RetMessage, RetSubmit, SetupPacket, UrbHeader, URB_HEADER_LEN,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -525,10 +525,13 @@ async fn a_vanished_clients_urbs_do_not_leak_into_the_next_import() {
 
 /// A device that answers every IN URB at once, in the thread that submits
 /// it, with as much data as asked; an URB to endpoint 15 makes it go away.
+/// With a gate, an URB to endpoint 3 holds the submitting thread until the
+/// gate lets it through.
 #[derive(Default)]
 struct Eager {
     events: Mutex<Option<EventSink>>,
     submitted: AtomicUsize,
+    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl std::fmt::Debug for Eager {
@@ -559,6 +562,11 @@ impl UsbDevice for Eager {
         let events = self.events.lock().unwrap().clone().expect("attached");
         if urb.endpoint & 0x0f == 15 {
             return events(DeviceEvent::Gone);
+        }
+        if urb.endpoint & 0x0f == 3 {
+            if let Some(gate) = &*self.gate.lock().unwrap() {
+                let _ = gate.recv();
+            }
         }
         events(DeviceEvent::Completed(UrbResult {
             seqnum: urb.seqnum,
@@ -618,6 +626,164 @@ async fn a_client_that_does_not_read_its_replies_is_not_read_from_either() {
         submitted < 2_000,
         "{submitted} URBs of 64 KiB submitted for a client that reads nothing"
     );
+}
+
+/// A large OUT URB arriving in many pieces, as a LAN delivers a pendrive's
+/// 120 KiB writes, wakes the connection's reader once it is whole, not once
+/// per piece: each wake-up of a user-space thread costs an address-space
+/// switch, which usbip-host's kernel threads do not pay.
+#[tokio::test]
+async fn a_large_out_urb_arriving_in_pieces_wakes_the_reader_once_it_is_whole() {
+    const PIECES: usize = 64;
+    const PIECE: usize = 1024;
+    let registry = Registry::new();
+    registry.add(Arc::new(Eager::default()));
+    let addr = serve(registry).await;
+    let before = threads();
+    let mut client = Client::import(addr, "9-9").await;
+    client.stream.set_nodelay(true).unwrap();
+    // The connection's thread: born at the import, named after this one.
+    let readers = {
+        let mut born = Vec::new();
+        for _ in 0..100 {
+            born = threads()
+                .into_iter()
+                .filter(|t| !before.contains(t) && comm(*t) == comm(gettid()))
+                .collect();
+            if !born.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        born
+    };
+    assert!(
+        !readers.is_empty(),
+        "no thread was started for the connection"
+    );
+    let woken = || -> u64 { readers.iter().map(|&t| voluntary_switches(t)).sum() };
+
+    let mut wire = BytesMut::new();
+    CmdMessage::Submit(CmdSubmit {
+        header: UrbHeader {
+            seqnum: 1,
+            devid: client.devid,
+            direction: Direction::Out,
+            ep: 2,
+        },
+        transfer_buffer_length: (PIECES * PIECE) as u32,
+        data: Bytes::from(vec![0xa5; PIECES * PIECE]),
+        ..CmdSubmit::default()
+    })
+    .encode(&mut wire)
+    .unwrap();
+    client.directions.insert(1, Direction::Out);
+    let start = woken();
+    // The header with the first piece, then one piece every 2 ms.
+    let (first, rest) = wire.split_at(wire.len() - (PIECES - 1) * PIECE);
+    client.stream.write_all(first).await.unwrap();
+    for piece in rest.chunks(PIECE) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        client.stream.write_all(piece).await.unwrap();
+    }
+    let reply = client.recv_submit().await;
+    assert_eq!(
+        (reply.status, reply.actual_length),
+        (0, (PIECES * PIECE) as u32)
+    );
+    let wakeups = woken() - start;
+    assert!(
+        wakeups < 8,
+        "the reader slept and woke {wakeups} times for one URB sent in {PIECES} pieces"
+    );
+}
+
+/// The rest of a large URB already queued when the reader comes back for
+/// it, and its last bytes arriving later: the reader must count what is
+/// queued towards the bytes it waits for, or it waits forever.
+#[tokio::test]
+async fn a_large_out_urb_partly_queued_while_the_reader_was_busy_is_received() {
+    const LEN: usize = 64 * 1024;
+    let (open, gate) = std::sync::mpsc::channel();
+    let device = Arc::new(Eager {
+        gate: Mutex::new(Some(gate)),
+        ..Eager::default()
+    });
+    let registry = Registry::new();
+    registry.add(device);
+    let addr = serve(registry).await;
+    let mut client = Client::import(addr, "9-9").await;
+    client.stream.set_nodelay(true).unwrap();
+    let mut wire = BytesMut::new();
+    let held = CmdSubmit {
+        header: UrbHeader {
+            seqnum: 1,
+            devid: client.devid,
+            direction: Direction::In,
+            ep: 3,
+        },
+        transfer_buffer_length: 8,
+        ..CmdSubmit::default()
+    };
+    CmdMessage::Submit(held).encode(&mut wire).unwrap();
+    CmdMessage::Submit(CmdSubmit {
+        header: UrbHeader {
+            seqnum: 2,
+            devid: client.devid,
+            direction: Direction::Out,
+            ep: 2,
+        },
+        transfer_buffer_length: LEN as u32,
+        data: Bytes::from(vec![0xa5; LEN]),
+        ..CmdSubmit::default()
+    })
+    .encode(&mut wire)
+    .unwrap();
+    client.directions.insert(1, Direction::In);
+    client.directions.insert(2, Direction::Out);
+    // The held URB and the large one's first 4 KiB: the reader takes them
+    // and stops in the device. All but the last 1 KiB then queue up.
+    let (first, rest) = wire.split_at(URB_HEADER_LEN * 2 + 4096);
+    let (middle, last) = rest.split_at(rest.len() - 1024);
+    client.stream.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.stream.write_all(middle).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.stream.write_all(last).await.unwrap();
+    let replies = [client.recv_submit().await, client.recv_submit().await];
+    assert_eq!(
+        replies.map(|r| (r.header.seqnum, r.status, r.actual_length)),
+        [(1, 0, 8), (2, 0, LEN as u32)]
+    );
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+fn threads() -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn comm(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default()
+}
+
+/// How often the thread went to sleep and was woken again.
+fn voluntary_switches(tid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A device that goes away ends the connection of its importer.

@@ -218,6 +218,23 @@ fn iso_count(raw: u32) -> Result<usize, ProtoError> {
     }
 }
 
+/// A CMD_SUBMIT's data length and whole length on the wire: its header,
+/// its OUT data, its isochronous packet descriptors.
+fn submit_layout(
+    direction: Direction,
+    transfer_buffer_length: u32,
+    packets: usize,
+) -> (usize, usize) {
+    let data_len = match direction {
+        Direction::Out => transfer_buffer_length as usize,
+        Direction::In => 0,
+    };
+    (
+        data_len,
+        URB_HEADER_LEN + data_len + packets * ISO_PACKET_LEN,
+    )
+}
+
 fn parse_iso(raw: &[u8]) -> Vec<IsoPacket> {
     raw.chunks_exact(ISO_PACKET_LEN)
         .map(|c| {
@@ -282,6 +299,30 @@ impl CmdSubmit {
 }
 
 impl CmdMessage {
+    /// How many more bytes the message at the front of `src` needs before
+    /// [`decode`](Self::decode) returns it: the rest of the header while that
+    /// is incomplete, then the rest of the message; 0 once it is whole, or
+    /// when the header is one `decode` refuses.
+    pub fn missing(src: &[u8]) -> usize {
+        let Some(header) = src.get(..URB_HEADER_LEN) else {
+            return URB_HEADER_LEN - src.len();
+        };
+        let mut r = Reader::new(header);
+        let Ok((command::CMD_SUBMIT, header)) = UrbHeader::parse(&mut r) else {
+            return 0;
+        };
+        let _transfer_flags = r.u32();
+        let length = transfer_len(r.i32());
+        let _start_frame = r.i32();
+        match (length, iso_count(r.u32())) {
+            (Ok(length), Ok(packets)) => {
+                let (_, total) = submit_layout(header.direction, length, packets);
+                total.saturating_sub(src.len())
+            }
+            _ => 0,
+        }
+    }
+
     /// Decodes one client message from the front of `src`, consuming it.
     pub fn decode(src: &mut BytesMut) -> Result<Option<Self>, ProtoError> {
         if src.len() < URB_HEADER_LEN {
@@ -298,11 +339,8 @@ impl CmdMessage {
                 let interval = r.i32();
                 let setup = SetupPacket::from_bytes(r.bytes());
                 let packets = iso_count(number_of_packets)?;
-                let data_len = match header.direction {
-                    Direction::Out => transfer_buffer_length as usize,
-                    Direction::In => 0,
-                };
-                let total = URB_HEADER_LEN + data_len + packets * ISO_PACKET_LEN;
+                let (data_len, total) =
+                    submit_layout(header.direction, transfer_buffer_length, packets);
                 if src.len() < total {
                     // Bounded by the checks above: at most MAX_TRANSFER_LEN
                     // plus MAX_ISO_PACKETS descriptors, and only once a

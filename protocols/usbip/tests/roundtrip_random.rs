@@ -12,7 +12,7 @@ use common::{cat, decode_bytewise};
 use usbip_proto::{
     op_status, CmdMessage, CmdSubmit, CmdUnlink, DeviceInfo, Direction, InterfaceInfo, IsoPacket,
     OpReply, OpRequest, RetMessage, RetSubmit, RetUnlink, SetupPacket, SubmitInfo, UrbHeader,
-    NON_ISO_PACKETS,
+    NON_ISO_PACKETS, URB_HEADER_LEN,
 };
 
 /// xorshift64*: tiny, deterministic, good enough to spread inputs.
@@ -246,6 +246,19 @@ fn cmd_messages_round_trip() {
         };
         assert_eq!(decoded, msg);
         assert!(check_cmd(&wire));
+        // Exactly what is left of the header, then of the message.
+        for k in 0..=wire.len() {
+            let left = if k < URB_HEADER_LEN {
+                URB_HEADER_LEN - k
+            } else {
+                wire.len() - k
+            };
+            assert_eq!(
+                CmdMessage::missing(&wire[..k]),
+                left,
+                "{k} bytes of {msg:?}"
+            );
+        }
         let mut bad = wire.to_vec();
         mutate(&mut rng, &mut bad);
         check_cmd(&bad);

@@ -12,7 +12,10 @@
 //!   intact, and every proper prefix of that message is `Ok(None)`;
 //! * the decoded message re-encodes to as many bytes as were consumed, equal
 //!   to the input except in padding/ignored fields, and decodes back to the
-//!   same message.
+//!   same message;
+//! * `CmdMessage::missing` agrees with `CmdMessage::decode` about whether a
+//!   client message is whole, and once its header is in, adding the bytes it
+//!   asks for makes it whole.
 
 #![allow(dead_code)]
 
@@ -102,6 +105,7 @@ pub fn roundtrip<M: PartialEq + Debug>(
 /// Client-to-server URB messages from arbitrary bytes. True if a message
 /// was decoded.
 pub fn check_cmd(input: &[u8]) -> bool {
+    missing_agrees(input);
     roundtrip(
         input,
         CmdMessage::decode,
@@ -113,6 +117,32 @@ pub fn check_cmd(input: &[u8]) -> bool {
         },
     )
     .is_some()
+}
+
+fn missing_agrees(input: &[u8]) {
+    let missing = CmdMessage::missing(input);
+    let got = CmdMessage::decode(&mut BytesMut::from(input));
+    if missing == 0 {
+        assert!(
+            !matches!(got, Ok(None)),
+            "nothing missing, yet decode waits for more"
+        );
+        return;
+    }
+    assert!(
+        matches!(got, Ok(None)),
+        "{missing} bytes missing, yet decode gave {got:?}"
+    );
+    if input.len() >= usbip_proto::URB_HEADER_LEN {
+        let mut whole = BytesMut::from(input);
+        whole.resize(input.len() + missing, 0);
+        assert_eq!(CmdMessage::missing(&whole), 0);
+        let got = CmdMessage::decode(&mut whole);
+        assert!(
+            !matches!(got, Ok(None)),
+            "{missing} bytes added, decode still waits"
+        );
+    }
 }
 
 fn ret_ignored(m: &RetMessage, _len: usize) -> Option<Range<usize>> {
